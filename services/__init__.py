@@ -1,0 +1,1 @@
+"""The four Huitou services, each its own process."""

@@ -1,0 +1,1 @@
+"""Outreach: decides which care touch each customer gets, when, on which channel — and sends it once."""

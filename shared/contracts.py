@@ -1,0 +1,377 @@
+"""Versioned event contracts: the only shapes that travel between Huitou services.
+
+Every message on a Huitou topic is an *envelope* (who, what, when, from where) around a typed
+payload. The envelope's ``type`` picks the payload model, so one ``TypeAdapter`` validates any
+event and tells the caller exactly which field is wrong.
+
+Schema evolution: ``schema_version`` starts at 1. Additive, optional fields keep the version;
+anything a consumer of version N could misread bumps it, and consumers keep accepting N-1 for one
+release.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION: Literal[1] = 1
+
+Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. CNY")]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class Contract(BaseModel):
+    """Base for all payloads: unknown fields are an error, so typos surface at the edge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    WEBHOOK = "webhook"
+
+
+class Purpose(StrEnum):
+    MARKETING = "marketing"
+    TRANSACTIONAL = "transactional"
+
+
+class CommunicationStyle(StrEnum):
+    """[004]: the same care touch in a different tone."""
+
+    FRIENDLY = "friendly"
+    DOMINANT = "dominant"
+    ANALYTICAL = "analytical"
+    EXPRESSIVE = "expressive"
+
+
+class Traits(Contract):
+    """Profile traits carried by ``identify``; every field optional, unknown ones in ``custom``."""
+
+    name: str | None = Field(None, max_length=200)
+    first_name: str | None = Field(None, max_length=100)
+    last_name: str | None = Field(None, max_length=100)
+    email: str | None = Field(None, max_length=320)
+    phone: str | None = Field(None, max_length=40)
+    birthday: date | None = None
+    lunar_birthday: str | None = Field(
+        None, pattern=r"^\d{2}-\d{2}$", description="month-day in the lunar calendar, e.g. 08-15"
+    )
+    timezone: str | None = Field(None, max_length=64, description="IANA zone, e.g. Asia/Shanghai")
+    locale: str | None = Field(None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="zh-CN or en")
+    address: dict[str, str] | None = None
+    signup_at: AwareDatetime | None = None
+    communication_style: CommunicationStyle | None = None
+    account_id: str | None = Field(None, max_length=200, description="B2B account this contact belongs to")
+    custom: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError("email must look like name@example.com")
+        return value.lower() if value else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
+        return value
+
+
+class IdentifyPayload(Contract):
+    traits: Traits
+
+
+class LineItem(Contract):
+    sku: str | None = Field(None, max_length=200)
+    name: str | None = Field(None, max_length=300)
+    category: str | None = Field(None, max_length=200)
+    quantity: int = Field(1, ge=1, le=1_000_000)
+    price: Money | None = None
+
+
+class PurchasePayload(Contract):
+    order_id: Identifier
+    amount: Money
+    currency: CurrencyCode = "CNY"
+    items: list[LineItem] = Field(default_factory=list, max_length=1000)
+    margin: Decimal | None = Field(
+        None, max_digits=18, decimal_places=4, description="gross margin of the order, when known"
+    )
+    share_of_wallet: float | None = Field(
+        None, ge=0, le=1, description="our share of the customer's category spend, when the source knows it"
+    )
+
+
+class RefundPayload(Contract):
+    order_id: Identifier
+    amount: Money
+    currency: CurrencyCode = "CNY"
+    reason: str | None = Field(None, max_length=500)
+
+
+class InteractionKind(StrEnum):
+    VISIT = "visit"
+    PAGE_VIEW = "page_view"
+    PRODUCT_VIEWED = "product_viewed"
+    EMAIL_OPEN = "email_open"
+    EMAIL_CLICK = "email_click"
+    SUPPORT_CONTACT = "support_contact"
+    FEEDBACK = "feedback"
+    COMPLAINT = "complaint"
+    COMPLAINT_RESOLVED = "complaint_resolved"
+    REFERRAL = "referral"
+    OTHER = "other"
+
+
+class ChurnReason(StrEnum):
+    """Churn reasons worth coding [001 L421]."""
+
+    PRICE = "price"
+    INCONVENIENCE = "inconvenience"
+    PRODUCT_QUALITY = "product_quality"
+    STAFF_SERVICE = "staff_service"
+    POOR_RECOVERY = "poor_recovery"
+    ETHICS = "ethics"
+    CUSTOMER_SIDE = "customer_side"
+    COMPETITOR = "competitor"
+
+
+class InteractionPayload(Contract):
+    kind: InteractionKind
+    name: str | None = Field(None, max_length=200, description="original event name, e.g. a Segment track name")
+    rating: int | None = Field(None, ge=1, le=5, description="feedback rating, 1 (worst) to 5")
+    complaint_id: str | None = Field(None, max_length=200)
+    text: str | None = Field(None, max_length=10_000)
+    churn_reason: ChurnReason | None = None
+    referred_customer_id: str | None = Field(None, max_length=200)
+    touch_id: str | None = Field(None, max_length=200, description="the care touch this reacts to")
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> InteractionPayload:
+        if self.kind is InteractionKind.FEEDBACK and self.rating is None:
+            raise ValueError("a feedback interaction needs a rating from 1 to 5")
+        if self.kind is InteractionKind.REFERRAL and not self.referred_customer_id:
+            raise ValueError("a referral interaction needs referred_customer_id")
+        if self.kind is InteractionKind.COMPLAINT_RESOLVED and not self.complaint_id:
+            raise ValueError("complaint_resolved needs the complaint_id it resolves")
+        return self
+
+
+class ConsentPayload(Contract):
+    channel: Channel | Literal["all"]
+    purpose: Purpose
+    granted: bool
+
+
+class TouchStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    SUPPRESSED = "suppressed"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    CONVERTED = "converted"
+
+
+class FieldChange(Contract):
+    """One change in a customer file, with why it happened (tier, stage, churn band…)."""
+
+    field: str
+    before: Any = None
+    after: Any = None
+    reason: str
+
+
+class CustomerCause(Contract):
+    """The event that made the customer file change."""
+
+    event_id: str
+    type: str
+    occurred_at: AwareDatetime
+    historical: bool = False
+    order_id: str | None = None
+    amount: Decimal | None = None
+    interaction_kind: InteractionKind | None = None
+
+
+class CustomerSnapshot(Contract):
+    """Event-carried state: what downstream services may know about a customer file."""
+
+    name: str | None = None
+    first_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    birthday: date | None = None
+    order_count: int = 0
+    revenue: Decimal = Decimal(0)
+    first_purchase_at: AwareDatetime | None = None
+    last_purchase_at: AwareDatetime | None = None
+    scores: dict[str, Any] = Field(default_factory=dict)
+
+
+class CustomerUpdatedPayload(Contract):
+    version: int = Field(ge=1, description="monotonic per customer file")
+    cause: CustomerCause
+    snapshot: CustomerSnapshot
+    changes: list[FieldChange] = Field(default_factory=list)
+
+
+class CustomerErasedPayload(Contract):
+    reason: str = "erasure request"
+
+
+class TouchPayload(Contract):
+    touch_id: str
+    plan: str
+    status: TouchStatus
+    channel: Channel | None = None
+    due_at: AwareDatetime | None = None
+    reason: str | None = None
+    revenue: Decimal | None = None
+
+
+class Envelope(BaseModel):
+    """Fields every event carries, whatever its type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: Identifier = Field(description="unique per event; Segment messageId; replays are no-ops")
+    customer_id: Identifier = Field(description="partition key: per-customer order holds")
+    occurred_at: AwareDatetime = Field(description="event time, used for every computation")
+    received_at: AwareDatetime | None = Field(None, description="set by ingest on acceptance")
+    source: str = Field("api", min_length=1, max_length=100)
+    schema_version: Literal[1] = SCHEMA_VERSION
+    historical: bool = Field(False, description="backfilled: builds the file, never triggers a past-due touch")
+    trace_id: str | None = Field(None, max_length=64)
+
+
+class IdentifyEvent(Envelope):
+    type: Literal["identify"] = "identify"
+    payload: IdentifyPayload
+
+
+class PurchaseEvent(Envelope):
+    type: Literal["purchase"] = "purchase"
+    payload: PurchasePayload
+
+
+class RefundEvent(Envelope):
+    type: Literal["refund"] = "refund"
+    payload: RefundPayload
+
+
+class InteractionEvent(Envelope):
+    type: Literal["interaction"] = "interaction"
+    payload: InteractionPayload
+
+
+class ConsentEvent(Envelope):
+    type: Literal["consent"] = "consent"
+    payload: ConsentPayload
+
+
+class CustomerUpdatedEvent(Envelope):
+    type: Literal["customer.updated"] = "customer.updated"
+    payload: CustomerUpdatedPayload
+
+
+class CustomerErasedEvent(Envelope):
+    type: Literal["customer.erased"] = "customer.erased"
+    payload: CustomerErasedPayload
+
+
+class TouchEvent(Envelope):
+    type: Literal["touch"] = "touch"
+    payload: TouchPayload
+
+
+IntakeEvent = Annotated[
+    IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent,
+    Field(discriminator="type"),
+]
+"""What shops may send: the events on ``huitou.events``."""
+
+AnyEvent = Annotated[
+    IdentifyEvent
+    | PurchaseEvent
+    | RefundEvent
+    | InteractionEvent
+    | ConsentEvent
+    | CustomerUpdatedEvent
+    | CustomerErasedEvent
+    | TouchEvent,
+    Field(discriminator="type"),
+]
+
+intake_adapter: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
+any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+INTAKE_TYPES = ("identify", "purchase", "refund", "interaction", "consent")
+
+
+class ContractError(ValueError):
+    """An event that does not match its contract, with one readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def explain(error: ValidationError) -> list[str]:
+    """Turn pydantic errors into 'where: what to fix' lines a caller can act on."""
+    lines = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "body"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return lines
+
+
+def parse_intake(data: Any) -> IntakeEvent:
+    """Validate one intake event from decoded JSON; raises ContractError."""
+    if isinstance(data, dict) and data.get("type") not in INTAKE_TYPES:
+        raise ContractError([f"type: must be one of {', '.join(INTAKE_TYPES)}; got {data.get('type')!r}"])
+    try:
+        return intake_adapter.validate_python(data)
+    except ValidationError as error:
+        raise ContractError(explain(error)) from None
+
+
+def parse_event(raw: bytes | str) -> AnyEvent:
+    """Validate any Huitou event from its JSON wire form; raises ContractError."""
+    try:
+        return any_event_adapter.validate_json(raw)
+    except ValidationError as error:
+        raise ContractError(explain(error)) from None
+
+
+def to_wire(event: BaseModel) -> bytes:
+    return event.model_dump_json(exclude_none=False).encode()

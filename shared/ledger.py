@@ -1,0 +1,161 @@
+"""Effectively-once plumbing kept in the consuming service's own database.
+
+* ``processed_events``: the event ids a service has applied, written in the same transaction as
+  the change the event caused, so a replay after a crash is recognised and skipped.
+* ``outbox``: downstream messages written in that same transaction and relayed to Kafka after
+  it commits, so a crash never loses or half-publishes what a change announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import UTCDateTime
+from shared.kafka import BrokerUnavailable, EventProducer, Outgoing
+from shared.observability import ServiceMetrics
+
+log = logging.getLogger("huitou.outbox")
+
+
+def processed_events_table(metadata: MetaData) -> Table:
+    return Table(
+        "processed_events",
+        metadata,
+        Column("event_id", String(200), primary_key=True),
+        Column("processed_at", UTCDateTime(), nullable=False, index=True),
+    )
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(200), nullable=True),
+        Column("value", LargeBinary, nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+    )
+
+
+async def claim_event(session: AsyncSession, table: Table, event_id: str) -> bool:
+    """Record that ``event_id`` is being applied; False if it was applied before.
+
+    Runs inside the caller's transaction: if that rolls back, so does the claim.
+    """
+    seen = await session.scalar(select(table.c.event_id).where(table.c.event_id == event_id))
+    if seen is not None:
+        return False
+    await session.execute(insert(table).values(event_id=event_id, processed_at=datetime.now(UTC)))
+    return True
+
+
+async def prune_processed(session: AsyncSession, table: Table, keep: timedelta) -> int:
+    """Forget event ids older than ``keep`` (must exceed the topics' retention)."""
+    result = await session.execute(delete(table).where(table.c.processed_at < datetime.now(UTC) - keep))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def enqueue(session: AsyncSession, table: Table, message: Outgoing) -> None:
+    await session.execute(
+        insert(table).values(topic=message.topic, key=message.key, value=message.value, created_at=datetime.now(UTC))
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in insertion order, deleting each batch once acked.
+
+    A crash between the broker's ack and the delete republishes that batch; consumers dedupe
+    by event id. On PostgreSQL, ``SKIP LOCKED`` keeps concurrent replicas off the same rows.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        table: Table,
+        producer: EventProducer,
+        metrics: ServiceMetrics,
+        service: str,
+        *,
+        batch_size: int = 500,
+        idle_poll_seconds: float = 1.0,
+    ) -> None:
+        self._sessions = sessions
+        self._table = table
+        self._producer = producer
+        self._metrics = metrics
+        self._service = service
+        self._batch = batch_size
+        self._idle = idle_poll_seconds
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def notify(self) -> None:
+        """Called after a transaction that enqueued something has committed."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                sent = await self.relay_once()
+                failures = 0
+            except BrokerUnavailable as error:
+                failures += 1
+                log.warning("outbox relay waiting for the broker: %s", error)
+                sent = 0
+            except Exception:
+                failures += 1
+                log.exception("outbox relay failed; retrying")
+                sent = 0
+            if sent and not failures:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._idle * min(2**failures, 30))
+            except TimeoutError:
+                pass
+
+    async def relay_once(self) -> int:
+        table = self._table
+        async with self._sessions() as session, session.begin():
+            rows = (
+                await session.execute(
+                    select(table.c.id, table.c.topic, table.c.key, table.c.value)
+                    .order_by(table.c.id)
+                    .limit(self._batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                self._metrics.outbox_backlog.labels(self._service).set(0)
+                return 0
+            await self._producer.publish_many([Outgoing(r.topic, r.key, r.value) for r in rows])
+            await session.execute(delete(table).where(table.c.id.in_([r.id for r in rows])))
+            for row in rows:
+                self._metrics.events_published.labels(self._service, row.topic).inc()
+        async with self._sessions() as session:
+            backlog = await session.scalar(select(func.count()).select_from(table))
+        self._metrics.outbox_backlog.labels(self._service).set(backlog or 0)
+        return len(rows)

@@ -1,0 +1,92 @@
+"""Prometheus metrics and JSON logs, the same shape in every service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+
+
+class ServiceMetrics:
+    """One registry per app, so several services can live in one test process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "huitou_http_requests_total",
+            "HTTP requests served",
+            ["service", "method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "huitou_http_request_duration_seconds",
+            "HTTP request latency",
+            ["service", "method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.events_consumed = Counter(
+            "huitou_events_consumed_total",
+            "Kafka messages consumed, by outcome",
+            ["service", "topic", "outcome"],
+            registry=self.registry,
+        )
+        self.events_published = Counter(
+            "huitou_events_published_total",
+            "Messages acknowledged by the broker",
+            ["service", "topic"],
+            registry=self.registry,
+        )
+        self.dlq_messages = Counter(
+            "huitou_dlq_messages_total",
+            "Messages handed to huitou.dlq",
+            ["service", "topic"],
+            registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "huitou_outbox_backlog",
+            "Outbox rows not yet relayed to Kafka",
+            ["service"],
+            registry=self.registry,
+        )
+        self.duplicates_skipped = Counter(
+            "huitou_duplicate_events_total",
+            "Events skipped because their event_id was seen",
+            ["service"],
+            registry=self.registry,
+        )
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

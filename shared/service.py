@@ -1,0 +1,137 @@
+"""What every Huitou HTTP process has: health, readiness, metrics, internal auth, error bodies,
+and a uvicorn entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.kafka import BrokerUnavailable
+from shared.observability import ServiceMetrics, configure_logging
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("huitou.service")
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+INTERNAL_TOKEN_HEADER = "X-Huitou-Internal-Token"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Failures that will pass by themselves: a database or broker that is down or locked."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error, OperationalError | InterfaceError | BrokerUnavailable | ConnectionError | OSError | TimeoutError
+    )
+
+
+class MetricsMiddleware:
+    """Counts and times requests by route template (not raw path, to bound label cardinality)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, service: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope.get("method", "GET")
+            self.metrics.http_requests.labels(self.service, method, template, str(status)).inc()
+            self.metrics.http_latency.labels(self.service, method, template).observe(time.perf_counter() - started)
+
+
+def install_common(
+    app: FastAPI, *, service: str, metrics: ServiceMetrics, readiness: dict[str, ReadinessCheck]
+) -> None:
+    """/healthz, /readyz, /metrics and error bodies that tell the caller what to fix."""
+    app.add_middleware(MetricsMiddleware, metrics=metrics, service=service)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        checks: dict[str, str] = {}
+        for name, check in readiness.items():
+            try:
+                await asyncio.wait_for(check(), 3)
+                checks[name] = "ok"
+            except Exception as error:
+                checks[name] = f"failing: {error!r}"[:300]
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "service": service, "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item.get("loc", ())) or "body"
+            problems.append(f"{where}: {str(item.get('msg', 'invalid')).removeprefix('Value error, ')}")
+        return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        body: dict[str, Any] = error.detail if isinstance(error.detail, dict) else {"error": str(error.detail)}
+        return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+def internal_token_matches(settings: ServiceSettings, presented: str | None) -> bool:
+    return presented is not None and hmac.compare_digest(presented, settings.internal_token)
+
+
+def require_internal_token(request: Request, token: str | None = Header(None, alias=INTERNAL_TOKEN_HEADER)) -> None:
+    """Dependency for internal routes: only callers holding the service token (the gateway)."""
+    if not internal_token_matches(request.app.state.settings, token):
+        raise HTTPException(401, {"error": f"internal API: send the service token in {INTERNAL_TOKEN_HEADER}"})
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run one service process (``python -m services.<name>``)."""
+    configure_logging(settings.service_name, settings.log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()

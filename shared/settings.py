@@ -1,0 +1,86 @@
+"""One settings base; each service subclasses it once with its own env prefix.
+
+Fields every service shares read un-prefixed ``HUITOU_*`` variables (``HUITOU_ENV``,
+``HUITOU_KAFKA_BOOTSTRAP_SERVERS``…); a service's own fields read ``HUITOU_<SERVICE>_*``
+(``HUITOU_SCORING_PORT``, ``HUITOU_SCORING_DATABASE_URL``…).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_INTERNAL_TOKEN = "dev-internal-token-not-for-production"
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", DEV_INTERNAL_TOKEN}
+
+
+def _shared(name: str) -> AliasChoices:
+    return AliasChoices(f"HUITOU_{name}", name.lower())
+
+
+class InsecureSettings(RuntimeError):
+    """Production mode refuses to start on dev defaults or placeholder secrets."""
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    service_name: str = "huitou"
+    env: Literal["dev", "production"] = Field("dev", validation_alias=_shared("ENV"))
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_shared("KAFKA_BOOTSTRAP_SERVERS"))
+    kafka_request_timeout_ms: int = Field(
+        5000,
+        ge=500,
+        validation_alias=_shared("KAFKA_REQUEST_TIMEOUT_MS"),
+        description="how long a produce may wait for acks=all before the caller gets 503",
+    )
+    var_dir: Path = Field(Path("var"), validation_alias=_shared("VAR_DIR"))
+    internal_token: str = Field(
+        DEV_INTERNAL_TOKEN,
+        validation_alias=_shared("INTERNAL_TOKEN"),
+        description="shared secret on the services' internal APIs (the gateway sends it)",
+    )
+    log_level: str = Field("INFO", validation_alias=_shared("LOG_LEVEL"))
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = Field(None, description="SQLAlchemy async URL; default a SQLite file under var_dir")
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema for this service's tables; default the service name"
+    )
+    auto_migrate: bool = Field(True, description="apply Alembic migrations on start-up")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.var_dir / (self.service_name + '.db')}"
+
+    @property
+    def effective_schema(self) -> str:
+        return self.database_schema or self.service_name
+
+    @model_validator(mode="after")
+    def _refuse_insecure_production(self) -> ServiceSettings:
+        if self.env == "production":
+            problems = self.production_problems()
+            if problems:
+                raise InsecureSettings(f"{self.service_name} refuses to start in production: " + "; ".join(problems))
+        return self
+
+    def production_problems(self) -> list[str]:
+        """What a production deployment must set; subclasses add their own secrets."""
+        prefix = f"HUITOU_{self.service_name.upper()}_"
+        problems = []
+        if self.internal_token in _PLACEHOLDERS or len(self.internal_token) < 16:
+            problems.append("set HUITOU_INTERNAL_TOKEN to a random secret of at least 16 characters")
+        if not self.database_url:
+            problems.append(f"set {prefix}DATABASE_URL (PostgreSQL) explicitly")
+        return problems
+
+
+def is_placeholder(secret: str | None) -> bool:
+    return secret is None or secret in _PLACEHOLDERS or len(secret) < 16
