@@ -335,6 +335,7 @@ AnyEvent = Annotated[
 intake_adapter: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 INTAKE_TYPES = ("identify", "purchase", "refund", "interaction", "consent")
+_EVENT_TYPES = {*INTAKE_TYPES, "customer.updated", "customer.erased", "touch"}
 
 
 class ContractError(ValueError):
@@ -349,7 +350,10 @@ def explain(error: ValidationError) -> list[str]:
     """Turn pydantic errors into 'where: what to fix' lines a caller can act on."""
     lines = []
     for item in error.errors(include_url=False):
-        where = ".".join(str(part) for part in item["loc"]) or "body"
+        loc = list(item["loc"])
+        if loc and isinstance(loc[0], str) and loc[0] in _EVENT_TYPES:
+            loc = loc[1:]  # the union's tag (the event type) says nothing the caller doesn't know
+        where = ".".join(str(part) for part in loc) or "body"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message}")
     return lines

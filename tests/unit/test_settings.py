@@ -1,0 +1,55 @@
+"""Production mode refuses dev defaults and placeholder secrets; dev mode runs on defaults."""
+
+import pytest
+
+from services.gateway.settings import GatewaySettings
+from services.ingest.settings import IngestSettings
+from services.outreach.settings import OutreachSettings
+from services.scoring.settings import ScoringSettings
+from shared.settings import InsecureSettings
+
+
+def test_dev_defaults_use_sqlite_under_var_and_documented_ports(monkeypatch):
+    for name in ("HUITOU_ENV", "HUITOU_SCORING_PORT", "HUITOU_VAR_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = ScoringSettings()
+    assert settings.port == 8002 and settings.env == "dev"
+    assert settings.effective_database_url == "sqlite+aiosqlite:///var/scoring.db"
+    assert (GatewaySettings().port, IngestSettings().port, OutreachSettings().port) == (8000, 8001, 8003)
+
+
+def test_ports_and_urls_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HUITOU_SCORING_PORT", "9102")
+    monkeypatch.setenv("HUITOU_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    monkeypatch.setenv("HUITOU_SCORING_DATABASE_URL", "postgresql+asyncpg://u@db/huitou")
+    settings = ScoringSettings()
+    assert settings.port == 9102 and settings.kafka_bootstrap_servers == "kafka:9092"
+    assert settings.effective_database_url == "postgresql+asyncpg://u@db/huitou"
+    assert settings.effective_schema == "scoring"
+
+
+def test_production_refuses_to_start_on_dev_secrets(monkeypatch):
+    monkeypatch.setenv("HUITOU_ENV", "production")
+    with pytest.raises(InsecureSettings) as refused:
+        GatewaySettings()
+    message = str(refused.value)
+    assert "HUITOU_INTERNAL_TOKEN" in message
+    assert "HUITOU_GATEWAY_DATABASE_URL" in message
+    assert "HUITOU_GATEWAY_ADMIN_KEY" in message
+
+
+def test_production_starts_with_real_secrets(monkeypatch):
+    monkeypatch.setenv("HUITOU_ENV", "production")
+    monkeypatch.setenv("HUITOU_INTERNAL_TOKEN", "a-real-random-token-123456")
+    monkeypatch.setenv("HUITOU_GATEWAY_DATABASE_URL", "postgresql+asyncpg://u@db/huitou")
+    monkeypatch.setenv("HUITOU_GATEWAY_ADMIN_KEY", "hk_a_real_random_admin_key_123")
+    assert GatewaySettings().env == "production"
+
+
+def test_production_rejects_a_placeholder_write_key(monkeypatch):
+    monkeypatch.setenv("HUITOU_ENV", "production")
+    monkeypatch.setenv("HUITOU_INTERNAL_TOKEN", "a-real-random-token-123456")
+    monkeypatch.setenv("HUITOU_INGEST_DATABASE_URL", "postgresql+asyncpg://u@db/huitou")
+    monkeypatch.setenv("HUITOU_INGEST_WRITE_KEY", "changeme")
+    with pytest.raises(InsecureSettings, match="HUITOU_INGEST_WRITE_KEY"):
+        IngestSettings()
