@@ -201,7 +201,11 @@ class TouchStatus(StrEnum):
 
 
 class FieldChange(Contract):
-    """One change in a customer file, with why it happened (tier, stage, churn band…)."""
+    """One change in a customer file, with why it happened (tier, stage, churn band…).
+
+    ``field`` names a CustomerSnapshot field (value_tier, grade, stage, churn_band, …), so
+    outreach can trigger care plans on it.
+    """
 
     field: str
     before: Any = None
@@ -221,9 +225,40 @@ class CustomerCause(Contract):
     interaction_kind: InteractionKind | None = None
 
 
-class CustomerSnapshot(Contract):
-    """Event-carried state: what downstream services may know about a customer file."""
+class ValueTier(StrEnum):
+    """Contribution tier by cumulative revenue (or margin) share — Pareto [002 L587]."""
 
+    A = "A"
+    B = "B"
+    C = "C"
+    D = "D"
+
+
+class LifecycleStage(StrEnum):
+    PROSPECT = "prospect"
+    NEW = "new"
+    ACTIVE = "active"
+    AT_RISK = "at_risk"
+    LAPSED = "lapsed"
+    WON_BACK = "won_back"
+
+
+class ChurnBand(StrEnum):
+    """Probability of no purchase in the next 90 days: low < 33 %, medium 33–66 %, high > 66 %."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class CustomerSnapshot(Contract):
+    """Event-carried state: what downstream services may know about a customer file.
+
+    Scoring owns every field; outreach keeps the latest snapshot per customer (by ``version``)
+    and never asks scoring's database. Score fields are None until scoring has computed them.
+    """
+
+    # identity and contact
     name: str | None = None
     first_name: str | None = None
     email: str | None = None
@@ -231,11 +266,38 @@ class CustomerSnapshot(Contract):
     locale: str | None = None
     timezone: str | None = None
     birthday: date | None = None
+    lunar_birthday: str | None = None
+    signup_at: AwareDatetime | None = None
+    communication_style: CommunicationStyle | None = None
+    account_id: str | None = None
+    consents: dict[str, bool] = Field(
+        default_factory=dict, description='latest decision per "channel:purpose", e.g. "email:marketing"'
+    )
+    tags: list[str] = Field(default_factory=list)
+    # purchase behaviour
     order_count: int = 0
     revenue: Decimal = Decimal(0)
     first_purchase_at: AwareDatetime | None = None
     last_purchase_at: AwareDatetime | None = None
-    scores: dict[str, Any] = Field(default_factory=dict)
+    last_order_id: str | None = None
+    last_order_amount: Decimal | None = None
+    last_order_items: list[str] = Field(default_factory=list, description="item names of the last order")
+    preferred_category: str | None = None
+    referred_by: str | None = None
+    # scores
+    value_tier: ValueTier | None = None
+    grade: str | None = Field(None, description="membership grade, e.g. vip / gold / silver / regular")
+    stage: LifecycleStage | None = None
+    churn_band: ChurnBand | None = None
+    p_alive: float | None = Field(None, ge=0, le=1)
+    expected_purchases_90d: float | None = None
+    clv_365: Decimal | None = None
+    expected_next_order_at: AwareDatetime | None = None
+    relationship_type: str | None = Field(None, description="basic / reactive / accountable / proactive / partnership")
+    prospect_grade: str | None = Field(None, description="A–D pipeline grade for prospects [004]")
+    loyalty_quadrant: str | None = Field(None, description="destroyer / profit_seeker / captive / evangelist")
+    satisfaction_level: int | None = Field(None, ge=0, le=3, description="behavioural level, DOMAIN.md §3")
+    scores: dict[str, Any] = Field(default_factory=dict, description="further scores, free-form")
 
 
 class CustomerUpdatedPayload(Contract):

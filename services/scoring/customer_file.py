@@ -19,7 +19,19 @@ from shared.contracts import (
     Traits,
 )
 
-SNAPSHOT_TRAITS = ("name", "first_name", "email", "phone", "locale", "timezone", "birthday")
+SNAPSHOT_TRAITS = (
+    "name",
+    "first_name",
+    "email",
+    "phone",
+    "locale",
+    "timezone",
+    "birthday",
+    "lunar_birthday",
+    "signup_at",
+    "communication_style",
+    "account_id",
+)
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class CustomerFile:
         values["name"] = display_name(self.profile)
         return CustomerSnapshot(
             **values,
+            consents={key: bool(entry["value"]) for key, entry in self.consents.items()},
             order_count=self.totals.order_count,
             revenue=self.totals.revenue,
             first_purchase_at=self.totals.first_purchase_at,
