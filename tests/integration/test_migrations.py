@@ -58,3 +58,23 @@ async def test_on_postgres_each_service_keeps_its_tables_in_its_own_schema(pg_ba
         assert {"touches", "outbox", "processed_events"} <= outreach_tables
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_replicas_starting_together_migrate_once_without_errors(pg_base_url: str) -> None:
+    """Init containers of several replicas run `huitou migrate` at the same moment."""
+    import asyncio
+
+    from tests.conftest import _fresh_pg_database
+
+    url = await _fresh_pg_database(pg_base_url)
+    migrations = Path(importlib.import_module("services.scoring").__file__).parent / "migrations"
+    engines = [create_engine(url, "scoring") for _ in range(4)]
+    try:
+        await asyncio.gather(*(migrate(engine, migrations, "scoring") for engine in engines))
+        async with engines[0].connect() as connection:
+            tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names(schema="scoring")))
+        assert {"customer_files", "alembic_version"} <= tables
+    finally:
+        for engine in engines:
+            await engine.dispose()
