@@ -1,66 +1,272 @@
-"""Outreach's database adapter: event-carried customer state and touches."""
+"""Outreach's database adapter: customer state, consents, touches, suppressions, operator tasks,
+care plans and templates. Every function runs inside the caller's transaction."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outreach.care import PlannedTouch
-from services.outreach.tables import customers, touches
-from shared.contracts import CustomerSnapshot, TouchStatus
+from services.outreach.tables import (
+    care_plan_versions,
+    care_plans,
+    consents,
+    customers,
+    erasures,
+    operator_tasks,
+    suppressions,
+    templates,
+    touch_attempts,
+    touches,
+)
+from shared.contracts import (
+    Channel,
+    CustomerSnapshot,
+    Purpose,
+    TouchEvent,
+    TouchPayload,
+    TouchStatus,
+    to_wire,
+)
+from shared.kafka import Outgoing
+from shared.topics import TOUCHES
+
+PENDING_APPROVAL = "pending_approval"
+SENDING = "sending"
+OPEN_STATUSES = (PENDING_APPROVAL, TouchStatus.SCHEDULED.value, SENDING)
+ALL_STATUSES = (PENDING_APPROVAL, SENDING, *(s.value for s in TouchStatus))
+
+
+# --- customers --------------------------------------------------------------------------------
+
+
+async def erased_version(session: AsyncSession, customer_id: str) -> int | None:
+    return await session.scalar(select(erasures.c.version).where(erasures.c.customer_id == customer_id))
 
 
 async def remember_customer(
     session: AsyncSession, customer_id: str, version: int, snapshot: CustomerSnapshot, now: datetime
-) -> None:
-    """Keep the newest snapshot; an older version arriving late does not overwrite a newer one."""
+) -> bool:
+    """Keep the newest snapshot; an older version arriving late does not overwrite a newer one.
+    Returns False when the update is older than what we hold (or than an erasure)."""
+    tombstone = await erased_version(session, customer_id)
+    if tombstone is not None and version <= tombstone:
+        return False
     data = snapshot.model_dump(mode="json")
     stored = await session.scalar(select(customers.c.version).where(customers.c.customer_id == customer_id))
     if stored is None:
         await session.execute(
             insert(customers).values(customer_id=customer_id, version=version, snapshot=data, updated_at=now)
         )
-    elif version > stored:
+        return True
+    if version > stored:
         await session.execute(
             update(customers)
             .where(customers.c.customer_id == customer_id)
             .values(version=version, snapshot=data, updated_at=now)
         )
+        return True
+    return False
+
+
+async def load_snapshot(session: AsyncSession, customer_id: str, *, lock: bool = False) -> CustomerSnapshot | None:
+    query = select(customers.c.snapshot).where(customers.c.customer_id == customer_id)
+    if lock:
+        # Serialises dispatchers on one customer (PostgreSQL), so caps hold across replicas.
+        query = query.with_for_update()
+    data = await session.scalar(query)
+    return CustomerSnapshot.model_validate(data) if data is not None else None
+
+
+async def customers_after(session: AsyncSession, after: str | None, limit: int) -> list[tuple[str, CustomerSnapshot]]:
+    query = select(customers.c.customer_id, customers.c.snapshot).order_by(customers.c.customer_id).limit(limit)
+    if after is not None:
+        query = query.where(customers.c.customer_id > after)
+    rows = (await session.execute(query)).all()
+    return [(row.customer_id, CustomerSnapshot.model_validate(row.snapshot)) for row in rows]
+
+
+async def erase_customer(session: AsyncSession, customer_id: str, now: datetime, version: int = 0) -> dict[str, int]:
+    """Delete everything held about the customer; keep only a tombstone (id, when, version) so
+    a late event cannot bring the data back."""
+    stored = await session.scalar(select(customers.c.version).where(customers.c.customer_id == customer_id))
+    counts: dict[str, int] = {}
+    touch_ids = select(touches.c.touch_id).where(touches.c.customer_id == customer_id)
+    result = await session.execute(delete(touch_attempts).where(touch_attempts.c.touch_id.in_(touch_ids)))
+    counts["attempts"] = _rowcount(result)
+    for name, table in (
+        ("touches", touches),
+        ("consents", consents),
+        ("suppressions", suppressions),
+        ("operator_tasks", operator_tasks),
+        ("customers", customers),
+    ):
+        result = await session.execute(delete(table).where(table.c.customer_id == customer_id))
+        counts[name] = _rowcount(result)
+    tombstone = max(version, stored or 0)
+    existing = await erased_version(session, customer_id)
+    if existing is None:
+        await session.execute(insert(erasures).values(customer_id=customer_id, version=tombstone, erased_at=now))
+    else:
+        await session.execute(
+            update(erasures)
+            .where(erasures.c.customer_id == customer_id)
+            .values(version=max(existing, tombstone), erased_at=now)
+        )
+    return counts
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- consents ---------------------------------------------------------------------------------
+
+
+async def record_consent(
+    session: AsyncSession,
+    customer_id: str,
+    channel: str,
+    purpose: str,
+    granted: bool,
+    occurred_at: datetime,
+    source: str,
+    event_id: str | None,
+) -> bool:
+    """Keep the latest decision per (channel, purpose) by event time; "all" covers every channel.
+    Returns True if anything changed."""
+    channels = [c.value for c in Channel] if channel == "all" else [channel]
+    changed = False
+    for one in channels:
+        key = and_(consents.c.customer_id == customer_id, consents.c.channel == one, consents.c.purpose == purpose)
+        stored = (await session.execute(select(consents.c.occurred_at).where(key))).first()
+        values = {"granted": granted, "occurred_at": occurred_at, "source": source, "event_id": event_id}
+        if stored is None:
+            await session.execute(
+                insert(consents).values(customer_id=customer_id, channel=one, purpose=purpose, **values)
+            )
+            changed = True
+        elif occurred_at >= stored.occurred_at:
+            await session.execute(update(consents).where(key).values(**values))
+            changed = True
+    return changed
+
+
+async def explicit_consents(session: AsyncSession, customer_id: str) -> dict[tuple[str, str], bool]:
+    rows = (
+        await session.execute(
+            select(consents.c.channel, consents.c.purpose, consents.c.granted).where(
+                consents.c.customer_id == customer_id
+            )
+        )
+    ).all()
+    return {(row.channel, row.purpose): bool(row.granted) for row in rows}
+
+
+async def customer_consents(session: AsyncSession, customer_id: str) -> list[dict[str, Any]]:
+    rows = (await session.execute(select(consents).where(consents.c.customer_id == customer_id))).mappings().all()
+    return [dict(row) for row in rows]
+
+
+# --- touches ----------------------------------------------------------------------------------
 
 
 def touch_id_for(idempotency_key: str) -> str:
     return str(uuid5(NAMESPACE_URL, f"huitou:touch/{idempotency_key}"))
 
 
-async def schedule_touch(
-    session: AsyncSession, customer_id: str, planned: PlannedTouch, cause_event_id: str, now: datetime
-) -> str | None:
-    """Insert the touch unless its idempotency key exists; returns the new touch id or None."""
-    exists = await session.scalar(
-        select(touches.c.touch_id).where(touches.c.idempotency_key == planned.idempotency_key)
+async def touch_key_exists(session: AsyncSession, idempotency_key: str) -> bool:
+    found = await session.scalar(select(touches.c.touch_id).where(touches.c.idempotency_key == idempotency_key))
+    return found is not None
+
+
+async def recent_touch_of_plan(
+    session: AsyncSession, customer_id: str, plan: str, around: datetime, window: timedelta
+) -> bool:
+    found = await session.scalar(
+        select(touches.c.touch_id)
+        .where(
+            touches.c.customer_id == customer_id,
+            touches.c.plan == plan,
+            touches.c.status != TouchStatus.CANCELLED.value,
+            touches.c.due_at > around - window,
+            touches.c.due_at < around + window,
+        )
+        .limit(1)
     )
-    if exists is not None:
-        return None
+    return found is not None
+
+
+async def offer_spent(session: AsyncSession, plan: str, since: datetime) -> Decimal:
+    total = await session.scalar(
+        select(func.sum(touches.c.offer_value)).where(
+            touches.c.plan == plan,
+            touches.c.created_at >= since,
+            touches.c.offer_value.is_not(None),
+            touches.c.status.not_in(
+                [TouchStatus.CANCELLED.value, TouchStatus.SUPPRESSED.value, TouchStatus.FAILED.value]
+            ),
+        )
+    )
+    # sum() keeps the Money column type, so the result is already a Decimal.
+    return Decimal(total or 0)
+
+
+async def insert_touch(
+    session: AsyncSession,
+    planned: PlannedTouch,
+    *,
+    cause_event_id: str,
+    status: str,
+    reason: str | None,
+    holdout: bool,
+    now: datetime,
+) -> str:
     touch_id = touch_id_for(planned.idempotency_key)
+    offer = planned.offer
     await session.execute(
         insert(touches).values(
             touch_id=touch_id,
-            customer_id=customer_id,
+            customer_id=planned.customer_id,
             plan=planned.plan,
+            plan_version=planned.plan_version,
             channel=planned.channel.value if planned.channel else None,
-            status=TouchStatus.SCHEDULED.value,
+            status=status,
             due_at=planned.due_at,
+            expires_at=planned.expires_at,
             idempotency_key=planned.idempotency_key,
             cause_event_id=cause_event_id,
+            reason=reason,
+            purpose=planned.purpose.value,
+            priority=planned.priority,
+            holdout=holdout,
+            attribution_seconds=int(planned.attribution_window.total_seconds()),
+            context=planned.context,
+            offer=offer.model_dump(mode="json") if offer else None,
+            offer_value=offer.value if offer else None,
             created_at=now,
             updated_at=now,
         )
     )
     return touch_id
+
+
+async def get_touch(session: AsyncSession, touch_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    query = select(touches).where(touches.c.touch_id == touch_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def set_touch(session: AsyncSession, touch_id: str, now: datetime, **values: Any) -> None:
+    await session.execute(update(touches).where(touches.c.touch_id == touch_id).values(updated_at=now, **values))
 
 
 async def customer_touches(session: AsyncSession, customer_id: str) -> list[dict[str, Any]]:
@@ -70,3 +276,423 @@ async def customer_touches(session: AsyncSession, customer_id: str) -> list[dict
         .all()
     )
     return [dict(row) for row in rows]
+
+
+async def list_touches(
+    session: AsyncSession,
+    *,
+    status: Sequence[str] = (),
+    plan: Sequence[str] = (),
+    customer_id: str | None = None,
+    due_from: datetime | None = None,
+    due_until: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[int, list[dict[str, Any]]]:
+    conditions: list[ColumnElement[bool]] = []
+    if status:
+        conditions.append(touches.c.status.in_(list(status)))
+    if plan:
+        conditions.append(touches.c.plan.in_(list(plan)))
+    if customer_id:
+        conditions.append(touches.c.customer_id == customer_id)
+    if due_from:
+        conditions.append(touches.c.due_at >= due_from)
+    if due_until:
+        conditions.append(touches.c.due_at < due_until)
+    total = await session.scalar(select(func.count()).select_from(touches).where(*conditions))
+    rows = (
+        (
+            await session.execute(
+                select(touches)
+                .where(*conditions)
+                .order_by(touches.c.due_at.desc(), touches.c.touch_id)
+                .limit(limit)
+                .offset(offset)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return int(total or 0), [dict(row) for row in rows]
+
+
+async def touch_attempts_of(session: AsyncSession, touch_ids: Sequence[str]) -> list[dict[str, Any]]:
+    if not touch_ids:
+        return []
+    rows = (
+        (
+            await session.execute(
+                select(touch_attempts)
+                .where(touch_attempts.c.touch_id.in_(list(touch_ids)))
+                .order_by(touch_attempts.c.touch_id, touch_attempts.c.number)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return [dict(row) for row in rows]
+
+
+def lifecycle_message(
+    *,
+    customer_id: str,
+    touch_id: str,
+    plan: str,
+    status: TouchStatus,
+    now: datetime,
+    channel: str | None = None,
+    due_at: datetime | None = None,
+    reason: str | None = None,
+    revenue: Decimal | None = None,
+    event_suffix: str | None = None,
+    trace_id: str | None = None,
+) -> Outgoing:
+    """The huitou.touches message for one lifecycle step. Its id is derived from the touch and the
+    step, so a republished outbox row is recognised downstream."""
+    message = TouchEvent(
+        event_id=f"{touch_id}:{event_suffix or status.value}",
+        customer_id=customer_id,
+        occurred_at=now,
+        received_at=now,
+        source="outreach",
+        trace_id=trace_id,
+        payload=TouchPayload(
+            touch_id=touch_id,
+            plan=plan,
+            status=status,
+            channel=Channel(channel) if channel else None,
+            due_at=due_at,
+            reason=reason[:500] if reason else None,
+            revenue=revenue,
+        ),
+    )
+    return Outgoing(TOUCHES, customer_id, to_wire(message))
+
+
+async def record_suppression(
+    session: AsyncSession, *, touch_id: str | None, customer_id: str, plan: str, reason: str, now: datetime
+) -> None:
+    await session.execute(
+        insert(suppressions).values(touch_id=touch_id, customer_id=customer_id, plan=plan, reason=reason[:500], at=now)
+    )
+
+
+async def list_suppressions(
+    session: AsyncSession,
+    *,
+    customer_id: str | None,
+    plan: str | None,
+    reason: str | None,
+    since: datetime | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[dict[str, Any]]]:
+    conditions: list[ColumnElement[bool]] = []
+    if customer_id:
+        conditions.append(suppressions.c.customer_id == customer_id)
+    if plan:
+        conditions.append(suppressions.c.plan == plan)
+    if reason:
+        conditions.append(suppressions.c.reason.like(f"{reason}%"))
+    if since:
+        conditions.append(suppressions.c.at >= since)
+    total = await session.scalar(select(func.count()).select_from(suppressions).where(*conditions))
+    rows = (
+        (
+            await session.execute(
+                select(suppressions)
+                .where(*conditions)
+                .order_by(suppressions.c.at.desc(), suppressions.c.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return int(total or 0), [dict(row) for row in rows]
+
+
+# --- conversion -------------------------------------------------------------------------------
+
+
+async def attribute_purchase(
+    session: AsyncSession,
+    customer_id: str,
+    order_id: str | None,
+    amount: Decimal | None,
+    occurred_at: datetime,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Mark touches this purchase converts: sent touches whose attribution window (from the send)
+    holds the purchase, and the holdout's would-have-been touches (window from their due time),
+    so lift can be compared. Each touch converts once; the same order seen twice is a no-op.
+    Returns the treated touches that turned converted (they are announced on huitou.touches)."""
+    candidates = (
+        (
+            await session.execute(
+                select(touches).where(
+                    touches.c.customer_id == customer_id,
+                    touches.c.converted_at.is_(None),
+                    or_(
+                        touches.c.status == TouchStatus.SENT.value,
+                        and_(touches.c.status == TouchStatus.SUPPRESSED.value, touches.c.holdout.is_(True)),
+                    ),
+                )
+            )
+        )
+        .mappings()
+        .all()
+    )
+    converted = []
+    for row in candidates:
+        start = row["sent_at"] if row["status"] == TouchStatus.SENT.value else row["due_at"]
+        if start is None or not (start <= occurred_at <= start + timedelta(seconds=row["attribution_seconds"])):
+            continue
+        values: dict[str, Any] = {"converted_at": occurred_at, "converted_order_id": order_id, "revenue": amount}
+        if row["status"] == TouchStatus.SENT.value:
+            values["status"] = TouchStatus.CONVERTED.value
+            converted.append({**dict(row), **values})
+        await set_touch(session, row["touch_id"], now, **values)
+    return converted
+
+
+# --- operator tasks ---------------------------------------------------------------------------
+
+
+async def open_task(
+    session: AsyncSession,
+    *,
+    customer_id: str,
+    touch_id: str,
+    kind: str,
+    summary: str,
+    acknowledge_by: datetime,
+    resolve_by: datetime,
+    now: datetime,
+) -> str:
+    task_id = str(uuid5(NAMESPACE_URL, f"huitou:task/{touch_id}"))
+    exists = await session.scalar(select(operator_tasks.c.task_id).where(operator_tasks.c.task_id == task_id))
+    if exists is None:
+        await session.execute(
+            insert(operator_tasks).values(
+                task_id=task_id,
+                customer_id=customer_id,
+                touch_id=touch_id,
+                kind=kind,
+                status="open",
+                summary=summary,
+                acknowledge_by=acknowledge_by,
+                resolve_by=resolve_by,
+                created_at=now,
+            )
+        )
+    return task_id
+
+
+async def list_tasks(
+    session: AsyncSession, *, status: str | None, customer_id: str | None, limit: int, offset: int
+) -> tuple[int, list[dict[str, Any]]]:
+    conditions: list[ColumnElement[bool]] = []
+    if status:
+        conditions.append(operator_tasks.c.status == status)
+    if customer_id:
+        conditions.append(operator_tasks.c.customer_id == customer_id)
+    total = await session.scalar(select(func.count()).select_from(operator_tasks).where(*conditions))
+    rows = (
+        (
+            await session.execute(
+                select(operator_tasks)
+                .where(*conditions)
+                .order_by(operator_tasks.c.resolve_by, operator_tasks.c.task_id)
+                .limit(limit)
+                .offset(offset)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return int(total or 0), [dict(row) for row in rows]
+
+
+async def get_task(session: AsyncSession, task_id: str) -> dict[str, Any] | None:
+    row = (await session.execute(select(operator_tasks).where(operator_tasks.c.task_id == task_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def resolve_task(session: AsyncSession, task_id: str, *, by: str, resolution: str, now: datetime) -> None:
+    await session.execute(
+        update(operator_tasks)
+        .where(operator_tasks.c.task_id == task_id)
+        .values(status="resolved", resolved_at=now, resolved_by=by, resolution=resolution)
+    )
+
+
+async def customer_tasks(session: AsyncSession, customer_id: str) -> list[dict[str, Any]]:
+    rows = (
+        (await session.execute(select(operator_tasks).where(operator_tasks.c.customer_id == customer_id)))
+        .mappings()
+        .all()
+    )
+    return [dict(row) for row in rows]
+
+
+# --- care plans and templates -----------------------------------------------------------------
+
+
+async def stored_plans(session: AsyncSession, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+    query = select(care_plans).order_by(care_plans.c.name)
+    if not include_deleted:
+        query = query.where(care_plans.c.deleted.is_(False))
+    return [dict(row) for row in (await session.execute(query)).mappings().all()]
+
+
+async def stored_plan(session: AsyncSession, name: str) -> dict[str, Any] | None:
+    row = (await session.execute(select(care_plans).where(care_plans.c.name == name))).mappings().first()
+    return dict(row) if row else None
+
+
+async def save_plan(
+    session: AsyncSession,
+    name: str,
+    definition: dict[str, Any],
+    *,
+    origin: str,
+    action: str,
+    by: str | None,
+    now: datetime,
+    deleted: bool = False,
+) -> int:
+    """Write a new version of a plan (and its history row); returns the version number."""
+    current = await stored_plan(session, name)
+    version = (current["version"] + 1) if current else 1
+    values = {
+        "version": version,
+        "definition": definition,
+        "origin": origin,
+        "deleted": deleted,
+        "updated_at": now,
+        "updated_by": by,
+    }
+    if current is None:
+        await session.execute(insert(care_plans).values(name=name, **values))
+    else:
+        await session.execute(update(care_plans).where(care_plans.c.name == name).values(**values))
+    await session.execute(
+        insert(care_plan_versions).values(
+            name=name, version=version, definition=definition, action=action, created_at=now, created_by=by
+        )
+    )
+    return version
+
+
+async def plan_history(session: AsyncSession, name: str) -> list[dict[str, Any]]:
+    rows = (
+        (
+            await session.execute(
+                select(care_plan_versions)
+                .where(care_plan_versions.c.name == name)
+                .order_by(care_plan_versions.c.version.desc())
+            )
+        )
+        .mappings()
+        .all()
+    )
+    return [dict(row) for row in rows]
+
+
+async def plans_stamp(session: AsyncSession) -> tuple[Any, ...]:
+    """Cheap fingerprint of plans and templates: a replica reloads when it changes."""
+    plans_row = (await session.execute(select(func.count(), func.max(care_plans.c.updated_at)))).one()
+    templates_row = (await session.execute(select(func.count(), func.max(templates.c.updated_at)))).one()
+    return (*plans_row, *templates_row)
+
+
+async def stored_templates(session: AsyncSession) -> list[dict[str, Any]]:
+    rows = (await session.execute(select(templates).order_by(templates.c.name))).mappings().all()
+    return [dict(row) for row in rows]
+
+
+async def stored_template(session: AsyncSession, name: str) -> dict[str, Any] | None:
+    row = (await session.execute(select(templates).where(templates.c.name == name))).mappings().first()
+    return dict(row) if row else None
+
+
+async def save_template(
+    session: AsyncSession, name: str, locales: dict[str, Any], *, origin: str, by: str | None, now: datetime
+) -> int:
+    current = await stored_template(session, name)
+    version = (current["version"] + 1) if current else 1
+    values = {"version": version, "locales": locales, "origin": origin, "updated_at": now, "updated_by": by}
+    if current is None:
+        await session.execute(insert(templates).values(name=name, **values))
+    else:
+        await session.execute(update(templates).where(templates.c.name == name).values(**values))
+    return version
+
+
+async def delete_template(session: AsyncSession, name: str) -> None:
+    await session.execute(delete(templates).where(templates.c.name == name))
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+async def touches_by_plan_and_status(
+    session: AsyncSession, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
+    conditions = _period(since, until)
+    rows = (
+        await session.execute(
+            select(touches.c.plan, touches.c.status, func.count().label("n"))
+            .where(*conditions)
+            .group_by(touches.c.plan, touches.c.status)
+            .order_by(touches.c.plan, touches.c.status)
+        )
+    ).all()
+    return [{"plan": r.plan, "status": r.status, "count": int(r.n)} for r in rows]
+
+
+async def lift_rows(session: AsyncSession, since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:
+    """Per plan: treated (sent, converted) and holdout touches, their conversions and revenue."""
+    conditions = [
+        *_period(since, until),
+        touches.c.purpose == Purpose.MARKETING.value,
+        or_(
+            touches.c.status.in_([TouchStatus.SENT.value, TouchStatus.CONVERTED.value]),
+            and_(touches.c.status == TouchStatus.SUPPRESSED.value, touches.c.holdout.is_(True)),
+        ),
+    ]
+    rows = (
+        await session.execute(
+            select(
+                touches.c.plan,
+                touches.c.holdout,
+                func.count().label("touches"),
+                func.count(touches.c.converted_at).label("conversions"),
+                func.sum(touches.c.revenue).label("revenue"),
+            )
+            .where(*conditions)
+            .group_by(touches.c.plan, touches.c.holdout)
+        )
+    ).all()
+    return [
+        {
+            "plan": r.plan,
+            "holdout": bool(r.holdout),
+            "touches": int(r.touches),
+            "conversions": int(r.conversions),
+            "revenue": Decimal(r.revenue or 0),
+        }
+        for r in rows
+    ]
+
+
+def _period(since: datetime | None, until: datetime | None) -> list[Any]:
+    conditions: list[ColumnElement[bool]] = []
+    if since is not None:
+        conditions.append(touches.c.due_at >= since)
+    if until is not None:
+        conditions.append(touches.c.due_at < until)
+    return conditions

@@ -1,28 +1,47 @@
-"""Outreach's consumer handler: a customer-file change in, the care touches it calls for out."""
+"""Outreach's consumer handler: one event from ``huitou.customers`` or ``huitou.events`` → one
+transaction that claims its id, updates what outreach holds and stores the touches it calls for,
+with their lifecycle messages in the outbox.
+
+* ``customer.updated``: keep the snapshot; plan event, change and calendar touches; attribute a
+  purchase to the touches it converts.
+* ``customer.erased``: delete everything held about the customer.
+* intake ``consent`` (straight from ``huitou.events`` for immediacy — a revocation must stop the
+  next send, not the one after scoring caught up), ``purchase`` (conversion) and ``interaction``
+  (plans marked ``from_intake``: complaint recovery).
+
+The same purchase reaches us twice (intake, then customer.updated): conversion is idempotent per
+touch, and intake-planned touches share their idempotency key with the later update.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from decimal import Decimal
 
 from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.outreach import repository
-from services.outreach.care import PlannedTouch, plan_follow_up
+from services.outreach.care import PlanBook, PlannedTouch, plan_calendar, plan_intake, plan_update
+from services.outreach.planning import PlanCatalog, apply_planned, planning_defaults
+from services.outreach.settings import OutreachSettings
 from services.outreach.tables import outbox, processed_events
 from shared.contracts import (
     AnyEvent,
+    ConsentEvent,
+    CustomerErasedEvent,
+    CustomerSnapshot,
     CustomerUpdatedEvent,
-    TouchEvent,
-    TouchPayload,
+    InteractionEvent,
+    PurchaseEvent,
     TouchStatus,
-    to_wire,
 )
 from shared.db import transaction
 from shared.kafka import Outgoing
 from shared.ledger import OutboxRelay, claim_event, enqueue
 from shared.observability import ServiceMetrics
-from shared.topics import TOUCHES
+
+HANDLED = (CustomerUpdatedEvent, CustomerErasedEvent, ConsentEvent, PurchaseEvent, InteractionEvent)
 
 
 class OutreachHandler:
@@ -32,48 +51,142 @@ class OutreachHandler:
         relay: OutboxRelay,
         metrics: ServiceMetrics,
         *,
-        follow_up_delay: timedelta,
+        settings: OutreachSettings,
+        catalog: PlanCatalog,
     ) -> None:
         self._sessions = sessions
         self._relay = relay
         self._metrics = metrics
-        self._delay = follow_up_delay
+        self._settings = settings
+        self._catalog = catalog
+        self._defaults = planning_defaults(settings)
+        self.planned_total = 0
 
     async def __call__(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes] | None = None) -> None:
-        if not isinstance(event, CustomerUpdatedEvent):
+        if not isinstance(event, HANDLED):
             return
+        catalog = await self._catalog.current()
         now = datetime.now(UTC)
-        scheduled = False
+        messages: list[Outgoing] = []
         async with transaction(self._sessions) as session:
             if not await claim_event(session, processed_events, event.event_id):
                 self._metrics.duplicates_skipped.labels("outreach").inc()
                 return
-            update = event.payload
-            await repository.remember_customer(session, event.customer_id, update.version, update.snapshot, now)
-            planned = plan_follow_up(event.customer_id, update, now=now, delay=self._delay)
-            if planned is not None:
-                touch_id = await repository.schedule_touch(session, event.customer_id, planned, event.event_id, now)
-                if touch_id is not None:
-                    await enqueue(session, outbox, _lifecycle(event, touch_id, planned, now))
-                    scheduled = True
-        if scheduled:
+            match event:
+                case CustomerUpdatedEvent():
+                    messages = await self._customer_updated(session, event, catalog.book, now)
+                case CustomerErasedEvent():
+                    await repository.erase_customer(session, event.customer_id, now)
+                case ConsentEvent(payload=consent):
+                    await repository.record_consent(
+                        session,
+                        event.customer_id,
+                        str(consent.channel),
+                        consent.purpose.value,
+                        consent.granted,
+                        event.occurred_at,
+                        "consent_event",
+                        event.event_id,
+                    )
+                case PurchaseEvent(payload=order):
+                    messages = await self._convert(
+                        session, event.customer_id, order.order_id, order.amount, event.occurred_at, now
+                    )
+                case InteractionEvent():
+                    snapshot = await repository.load_snapshot(session, event.customer_id)
+                    planned = plan_intake(event, snapshot, catalog.book, now=now, defaults=self._defaults)
+                    messages = await self._store(session, planned, event.event_id, catalog.book, now, event.trace_id)
+            for message in messages:
+                await enqueue(session, outbox, message)
+        if messages:
             self._relay.notify()
 
+    async def _customer_updated(
+        self, session: AsyncSession, event: CustomerUpdatedEvent, book: PlanBook, now: datetime
+    ) -> list[Outgoing]:
+        update = event.payload
+        if not await repository.remember_customer(session, event.customer_id, update.version, update.snapshot, now):
+            # Older than what we hold: its cause may still convert a touch, but plans read the
+            # newer snapshot we already planned from.
+            return await self._cause_conversion(session, event, now)
+        messages = await self._cause_conversion(session, event, now)
+        referrer = None
+        if update.snapshot.referred_by:
+            referrer = await repository.load_snapshot(session, update.snapshot.referred_by)
+        planned = plan_update(event.customer_id, update, book, now=now, defaults=self._defaults, referrer=referrer)
+        planned += plan_calendar(
+            event.customer_id,
+            update.snapshot,
+            book,
+            now=now,
+            horizon=self._settings.calendar_horizon,
+            defaults=self._defaults,
+        )
+        known: dict[str, CustomerSnapshot | None] = {event.customer_id: update.snapshot}
+        if update.snapshot.referred_by:
+            known[update.snapshot.referred_by] = referrer
+        messages += await self._store(session, planned, update.cause.event_id, book, now, event.trace_id, known)
+        return messages
 
-def _lifecycle(cause: CustomerUpdatedEvent, touch_id: str, planned: PlannedTouch, now: datetime) -> Outgoing:
-    message = TouchEvent(
-        event_id=f"{touch_id}:{TouchStatus.SCHEDULED.value}",
-        customer_id=cause.customer_id,
-        occurred_at=now,
-        received_at=now,
-        source="outreach",
-        trace_id=cause.trace_id,
-        payload=TouchPayload(
-            touch_id=touch_id,
-            plan=planned.plan,
-            status=TouchStatus.SCHEDULED,
-            channel=planned.channel,
-            due_at=planned.due_at,
-        ),
-    )
-    return Outgoing(TOUCHES, cause.customer_id, to_wire(message))
+    async def _cause_conversion(
+        self, session: AsyncSession, event: CustomerUpdatedEvent, now: datetime
+    ) -> list[Outgoing]:
+        cause = event.payload.cause
+        if cause.type != "purchase" or not cause.order_id:
+            return []
+        return await self._convert(session, event.customer_id, cause.order_id, cause.amount, cause.occurred_at, now)
+
+    async def _convert(
+        self,
+        session: AsyncSession,
+        customer_id: str,
+        order_id: str,
+        revenue: Decimal | None,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> list[Outgoing]:
+        converted = await repository.attribute_purchase(session, customer_id, order_id, revenue, occurred_at, now)
+        return [
+            repository.lifecycle_message(
+                customer_id=customer_id,
+                touch_id=row["touch_id"],
+                plan=row["plan"],
+                status=TouchStatus.CONVERTED,
+                now=now,
+                channel=row["channel"],
+                due_at=row["due_at"],
+                reason=f"order {order_id}",
+                revenue=revenue,
+            )
+            for row in converted
+        ]
+
+    async def _store(
+        self,
+        session: AsyncSession,
+        planned: list[PlannedTouch],
+        cause_event_id: str,
+        book: PlanBook,
+        now: datetime,
+        trace_id: str | None,
+        known: dict[str, CustomerSnapshot | None] | None = None,
+    ) -> list[Outgoing]:
+        messages: list[Outgoing] = []
+        known = dict(known or {})
+        for touch in planned:
+            if touch.customer_id not in known:
+                known[touch.customer_id] = await repository.load_snapshot(session, touch.customer_id)
+            snapshot = known[touch.customer_id]
+            produced = await apply_planned(
+                session,
+                touch,
+                cause_event_id=cause_event_id,
+                book=book,
+                settings=self._settings,
+                now=now,
+                snapshot=snapshot,
+                trace_id=trace_id,
+            )
+            self.planned_total += bool(produced)
+            messages += produced
+        return messages
