@@ -6,7 +6,8 @@ URLs and the dev keys, and stops everything on Ctrl-C (SIGINT) or SIGTERM.
 
 Ports come from the same variables the services read (defaults in brackets):
 HUITOU_GATEWAY_PORT [8000], HUITOU_INGEST_PORT [8001], HUITOU_SCORING_PORT [8002],
-HUITOU_OUTREACH_PORT [8003], HUITOU_BROKER_PORT [9092], HUITOU_SMTP_PORT [1025].
+HUITOU_OUTREACH_PORT [8003], HUITOU_BROKER_PORT [9092], HUITOU_SMTP_PORT [1025], and
+HUITOU_SMTP_HTTP_PORT [1080] for the page listing the mail the SMTP sink received.
 Keys: HUITOU_DEV_WRITE_KEY and HUITOU_DEV_ADMIN_KEY, generated when unset.
 """
 
@@ -30,7 +31,15 @@ from shared.keys import new_key
 from shared.settings import DEV_INTERNAL_TOKEN
 
 SERVICES = ("ingest", "scoring", "outreach", "gateway")
-DEFAULT_PORTS = {"gateway": 8000, "ingest": 8001, "scoring": 8002, "outreach": 8003, "broker": 9092, "smtp": 1025}
+DEFAULT_PORTS = {
+    "gateway": 8000,
+    "ingest": 8001,
+    "scoring": 8002,
+    "outreach": 8003,
+    "broker": 9092,
+    "smtp": 1025,
+    "smtp_http": 1080,
+}
 COLOURS = {"broker": 90, "smtp": 36, "ingest": 32, "scoring": 33, "outreach": 35, "gateway": 34}
 
 
@@ -93,7 +102,7 @@ class DevStack:
     async def start(self) -> None:
         config = self.config
         config.var_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("broker", "smtp", *SERVICES):
+        for name in ("broker", "smtp", "smtp_http", *SERVICES):
             if not _port_free(config.host, config.ports[name]):
                 raise RuntimeError(
                     f"port {config.ports[name]} for {name} is taken; set HUITOU_{name.upper()}_PORT to another port"
@@ -107,7 +116,7 @@ class DevStack:
         await self._spawn(
             "smtp",
             [sys.executable, "-m", "shared.smtp_sink", "--host", config.host, "--port", str(config.ports["smtp"]),
-             "--maildir", str(config.var_dir / "mail")],
+             "--maildir", str(config.var_dir / "mail"), "--http-port", str(config.ports["smtp_http"])],
         )
         for service in SERVICES:
             await self._spawn(service, [sys.executable, "-m", f"services.{service}"], config.service_env(service))
@@ -182,7 +191,8 @@ class DevStack:
                 f"  ingest    {c.url('ingest')}",
                 f"  scoring   {c.url('scoring')}",
                 f"  outreach  {c.url('outreach')}",
-                f"  broker    {c.bootstrap}   SMTP sink {c.host}:{c.ports['smtp']} (mail in {c.var_dir / 'mail'})",
+                f"  broker    {c.bootstrap}   SMTP sink {c.host}:{c.ports['smtp']}",
+                f"  mail      {c.url('smtp_http')}   (what outreach sent; Maildir in {c.var_dir / 'mail'})",
                 f"  write key (ingest, HUITOU_DEV_WRITE_KEY):  {c.write_key}",
                 f"  admin key (gateway, HUITOU_DEV_ADMIN_KEY): {c.admin_key}",
                 "Press Ctrl-C to stop.",

@@ -38,7 +38,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ports = {name: free_port() for name in ("gateway", "ingest", "scoring", "outreach", "broker", "smtp")}
+    ports = {name: free_port() for name in ("gateway", "ingest", "scoring", "outreach", "broker", "smtp", "smtp_http")}
     env = {
         **os.environ,
         **{f"HUITOU_{name.upper()}_PORT": str(port) for name, port in ports.items()},
@@ -86,6 +86,8 @@ def test_banner_prints_urls_and_the_dev_keys(stack: Stack) -> None:
     text = "".join(stack.output)
     assert stack.url("gateway") in text and stack.url("ingest") in text
     assert WRITE_KEY in text and ADMIN_KEY in text
+    assert stack.url("smtp_http") in text
+    assert httpx.get(stack.url("smtp_http") + "/messages").status_code == 200
 
 
 def test_every_service_is_healthy_ready_and_exports_metrics(stack: Stack) -> None:
