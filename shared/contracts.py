@@ -191,6 +191,17 @@ class ConsentPayload(Contract):
     granted: bool
 
 
+class AliasPayload(Contract):
+    """This customer was known under other customer ids before (Segment ``alias``, or an anonymous
+    visitor who identified). Consumers may merge the files of those ids into this one."""
+
+    previous_ids: list[Identifier] = Field(
+        min_length=1,
+        max_length=10,
+        description="customer ids this customer may have been filed under before; merge the ones that exist",
+    )
+
+
 class TouchStatus(StrEnum):
     SCHEDULED = "scheduled"
     SUPPRESSED = "suppressed"
@@ -361,6 +372,11 @@ class ConsentEvent(Envelope):
     payload: ConsentPayload
 
 
+class AliasEvent(Envelope):
+    type: Literal["alias"] = "alias"
+    payload: AliasPayload
+
+
 class CustomerUpdatedEvent(Envelope):
     type: Literal["customer.updated"] = "customer.updated"
     payload: CustomerUpdatedPayload
@@ -377,7 +393,7 @@ class TouchEvent(Envelope):
 
 
 IntakeEvent = Annotated[
-    IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent,
+    IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent | AliasEvent,
     Field(discriminator="type"),
 ]
 """What shops may send: the events on ``huitou.events``."""
@@ -388,6 +404,7 @@ AnyEvent = Annotated[
     | RefundEvent
     | InteractionEvent
     | ConsentEvent
+    | AliasEvent
     | CustomerUpdatedEvent
     | CustomerErasedEvent
     | TouchEvent,
@@ -396,7 +413,7 @@ AnyEvent = Annotated[
 
 intake_adapter: TypeAdapter[IntakeEvent] = TypeAdapter(IntakeEvent)
 any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
-INTAKE_TYPES = ("identify", "purchase", "refund", "interaction", "consent")
+INTAKE_TYPES = ("identify", "purchase", "refund", "interaction", "consent", "alias")
 _EVENT_TYPES = {*INTAKE_TYPES, "customer.updated", "customer.erased", "touch"}
 
 

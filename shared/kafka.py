@@ -60,6 +60,11 @@ class EventProducer:
     def ready(self) -> bool:
         return self._producer is not None
 
+    @property
+    def client(self) -> AIOKafkaProducer | None:
+        """The started aiokafka producer (acks=all), for callers that build their own batches."""
+        return self._producer
+
     async def start(self) -> None:
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,

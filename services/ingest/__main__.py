@@ -1,9 +1,14 @@
-"""``python -m services.ingest``: run the intake API."""
+"""``python -m services.ingest``: run the intake API (``HUITOU_INGEST_WORKERS`` processes)."""
 
-from services.ingest.api import create_app
+from services.ingest.api import create_app, serve_workers, tune_gc
 from services.ingest.settings import IngestSettings
 from shared.service import serve
 
 if __name__ == "__main__":
     settings = IngestSettings()
-    serve(create_app(settings), settings)
+    if settings.workers > 1:
+        serve_workers(settings)
+    else:
+        app = create_app(settings)
+        tune_gc(settings)
+        serve(app, settings)

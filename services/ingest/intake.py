@@ -1,16 +1,35 @@
-"""Pure intake rules: turn decoded JSON into validated, stamped events with per-item verdicts."""
+"""Pure intake rules shared by every interface: size limits, stamping and contract validation.
+
+Each interface (native, Segment, CloudEvents, the backfill CLI) turns what it received into
+*candidates* — dicts in Huitou's native envelope, each remembering its position in the caller's
+request — and every candidate then goes through the same ``validate``. Nothing here does I/O.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic_core import to_json
+
 from shared.contracts import ContractError, IntakeEvent, parse_intake
+
+
+class MappingError(ValueError):
+    """Something sent through a foreign interface (Segment, CloudEvents, a CSV row) that cannot
+    become a Huitou event; one readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
 
 
 @dataclass(frozen=True)
 class Rejection:
+    """Why the item at ``index`` of the caller's request was not accepted."""
+
     index: int
     event_id: str | None
     problems: list[str]
@@ -19,36 +38,104 @@ class Rejection:
         return {"index": self.index, "event_id": self.event_id, "problems": self.problems}
 
 
+@dataclass(slots=True)
+class Candidate:
+    """One event in the native envelope, not yet validated."""
+
+    index: int
+    data: dict[str, Any]
+    note: str | None = None  # prefixed to contract problems, e.g. "as Huitou purchase"
+    # (our path prefix, the caller's field) pairs, first match wins: a problem with our
+    # "payload.amount" is reported against the Segment "properties.total" the caller sent.
+    renames: tuple[tuple[str, str], ...] = ()
+
+    def explain(self, problems: list[str]) -> list[str]:
+        explained = [_rename(problem, self.renames) for problem in problems]
+        return [f"{self.note}: {problem}" for problem in explained] if self.note else explained
+
+
+def _rename(problem: str, renames: tuple[tuple[str, str], ...]) -> str:
+    where, sep, message = problem.partition(": ")
+    if not sep:
+        return problem
+    for ours, theirs in renames:
+        if where == ours or where.startswith(ours + "."):
+            return f"{theirs}{where[len(ours) :]}: {message}"
+    return problem
+
+
 @dataclass
 class Verdicts:
     valid: list[IntakeEvent] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)  # request position of each valid event
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def stamp_and_validate(
-    items: list[Any], *, source: str, received_at: datetime, max_event_bytes: int, sizes: list[int]
-) -> Verdicts:
-    """Validate each item on its own: one bad event never sinks its neighbours.
+def item_sizes(items: Sequence[Any], body_size: int, max_event_bytes: int) -> list[int]:
+    """Each item's size as compact UTF-8 JSON (what Segment's 32 KB limit measures).
+
+    Skipped when the whole body fits the per-event limit, since then no item can exceed it:
+    the common small request pays nothing for the check.
+    """
+    if body_size <= max_event_bytes:
+        return [0] * len(items)
+    return [len(to_json(item)) for item in items]  # pydantic-core's encoder: compact UTF-8, and fast
+
+
+def oversize(index: int, item: Any, size: int, max_event_bytes: int, id_field: str = "event_id") -> Rejection | None:
+    if size <= max_event_bytes:
+        return None
+    return Rejection(index, caller_id(item, id_field), [f"event is {size} bytes; the limit is {max_event_bytes} bytes"])
+
+
+def caller_id(item: Any, id_field: str = "event_id") -> str | None:
+    """The id the caller gave an item, for reporting (None if absent or not a string)."""
+    value = item.get(id_field) if isinstance(item, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def native_candidates(
+    items: Sequence[Any], sizes: Sequence[int], max_event_bytes: int
+) -> tuple[list[Candidate], list[Rejection]]:
+    """Items already in Huitou's envelope (POST /v1/events, NDJSON backfill)."""
+    candidates: list[Candidate] = []
+    rejected: list[Rejection] = []
+    for index, (item, size) in enumerate(zip(items, sizes, strict=True)):
+        too_big = oversize(index, item, size, max_event_bytes)
+        if too_big is not None:
+            rejected.append(too_big)
+        elif not isinstance(item, dict):
+            rejected.append(Rejection(index, None, ["each event must be a JSON object"]))
+        else:
+            candidates.append(Candidate(index, item))
+    return candidates, rejected
+
+
+def validate(candidates: Iterable[Candidate], *, source: str, received_at: datetime) -> Verdicts:
+    """Validate each candidate on its own: one bad event never sinks its neighbours.
 
     ``source`` and ``received_at`` are ours to set (from the write key and the clock), so any
     value the client sent for them is replaced rather than trusted.
     """
     verdicts = Verdicts()
-    for index, (item, size) in enumerate(zip(items, sizes, strict=True)):
-        event_id = item.get("event_id") if isinstance(item, dict) else None
-        event_id = event_id if isinstance(event_id, str) else None
-        if size > max_event_bytes:
-            verdicts.rejected.append(
-                Rejection(index, event_id, [f"event is {size} bytes; the limit is {max_event_bytes} bytes"])
-            )
-            continue
-        if not isinstance(item, dict):
-            verdicts.rejected.append(Rejection(index, None, ["each event must be a JSON object"]))
-            continue
+    stamp = {"source": source, "received_at": received_at.isoformat()}
+    for candidate in candidates:
         try:
-            event = parse_intake({**item, "source": source, "received_at": received_at.isoformat()})
+            event = parse_intake({**candidate.data, **stamp})
         except ContractError as error:
-            verdicts.rejected.append(Rejection(index, event_id, error.problems))
+            problems = candidate.explain(error.problems)
+            verdicts.rejected.append(Rejection(candidate.index, caller_id(candidate.data), problems))
             continue
         verdicts.valid.append(event)
+        verdicts.indexes.append(candidate.index)
+    return verdicts
+
+
+def stamp_and_validate(
+    items: list[Any], *, source: str, received_at: datetime, max_event_bytes: int, sizes: list[int]
+) -> Verdicts:
+    """Native items in, verdicts out (size limit, shape and contract in one call)."""
+    candidates, rejected = native_candidates(items, sizes, max_event_bytes)
+    verdicts = validate(candidates, source=source, received_at=received_at)
+    verdicts.rejected = sorted([*rejected, *verdicts.rejected], key=lambda r: r.index)
     return verdicts

@@ -13,6 +13,10 @@ sources = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # The first characters of the key, so an operator can tell which key a shop holds without
+    # the key itself ever being stored.
+    Column("key_hint", String(16), nullable=True),
+    Column("updated_at", UTCDateTime, nullable=True),
 )
 
 seen_events = Table(

@@ -155,3 +155,80 @@ async def test_disabled_source_is_403(ingest) -> None:
         await session.execute(update(sources).values(enabled=False))
     response = await ingest.post("/v1/events", json=purchase("e-1"))
     assert response.status_code == 403 and "disabled" in response.json()["error"]
+
+
+INTERNAL = {"X-Huitou-Internal-Token": "dev-internal-token-not-for-production"}
+
+
+async def test_sources_api_creates_rotates_disables_and_enables_keys(ingest) -> None:
+    assert (await ingest.get("/internal/v1/sources")).status_code == 401
+    created = await ingest.post("/internal/v1/sources", json={"name": "pos-shanghai"}, headers=INTERNAL)
+    assert created.status_code == 201, created.text
+    key = created.json()["write_key"]
+    assert created.json()["key_hint"] == key[:10] + "…" and created.json()["enabled"] is True
+    listed = (await ingest.get("/internal/v1/sources", headers=INTERNAL)).json()
+    assert [s["name"] for s in listed] == ["default", "pos-shanghai"] and all("write_key" not in s for s in listed)
+    again = await ingest.post("/internal/v1/sources", json={"name": "pos-shanghai"}, headers=INTERNAL)
+    assert again.status_code == 409 and "rotate" in again.json()["error"]
+
+    as_pos = {"Authorization": f"Bearer {key}"}
+    accepted = await ingest.post("/v1/events", json=purchase("e-pos-1"), headers=as_pos)
+    assert accepted.status_code == 202
+
+    rotated = await ingest.post("/internal/v1/sources/pos-shanghai/rotate", headers=INTERNAL)
+    new_key = rotated.json()["write_key"]
+    assert rotated.status_code == 200 and new_key != key
+    assert (await ingest.post("/v1/events", json=purchase("e-pos-2"), headers=as_pos)).status_code == 401
+    as_pos = basic(new_key)
+    assert (await ingest.post("/v1/events", json=purchase("e-pos-2"), headers=as_pos)).status_code == 202
+
+    disabled = await ingest.post("/internal/v1/sources/pos-shanghai/disable", headers=INTERNAL)
+    assert disabled.status_code == 200 and disabled.json()["enabled"] is False
+    refused = await ingest.post("/v1/events", json=purchase("e-pos-3"), headers=as_pos)
+    assert refused.status_code == 403 and "pos-shanghai" in refused.json()["error"]
+    assert (await ingest.post("/internal/v1/sources/pos-shanghai/enable", headers=INTERNAL)).json()["enabled"] is True
+    assert (await ingest.post("/v1/events", json=purchase("e-pos-3"), headers=as_pos)).status_code == 202
+
+    unknown = await ingest.post("/internal/v1/sources/nope/disable", headers=INTERNAL)
+    assert unknown.status_code == 404 and "POST /internal/v1/sources" in unknown.json()["error"]
+    bad_name = await ingest.post("/internal/v1/sources", json={"name": "has space"}, headers=INTERNAL)
+    assert bad_name.status_code == 422 and bad_name.json()["problems"]
+    records = await read_topic(broker_of(ingest), EVENTS, expect_at_least=3)
+    assert {json.loads(r.value)["source"] for r in records} == {"pos-shanghai"}
+
+
+def broker_of(client: httpx.AsyncClient) -> str:
+    return client._transport.app.state.settings.kafka_bootstrap_servers
+
+
+async def test_gzip_body_and_json_that_is_not_json(ingest, broker) -> None:
+    import gzip
+
+    packed = gzip.compress(json.dumps([purchase("e-gz-1"), purchase("e-gz-2")]).encode())
+    response = await ingest.post(
+        "/v1/events", content=packed, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 202 and response.json()["accepted"] == ["e-gz-1", "e-gz-2"]
+    nan = await ingest.post("/v1/events", content=b'{"amount": NaN}', headers={"Content-Type": "application/json"})
+    assert nan.status_code == 400 and "not valid JSON" in nan.json()["error"]
+    deep = await ingest.post("/v1/events", content=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    assert deep.status_code == 400 and "not valid JSON" in deep.json()["error"]
+    empty = await ingest.post("/v1/events", content=b"", headers={"Content-Type": "application/json"})
+    assert empty.status_code == 400 and "empty" in empty.json()["error"]
+
+
+async def test_alias_is_an_intake_type_and_metrics_count_outcomes(ingest, broker) -> None:
+    alias = {
+        "event_id": "e-alias",
+        "type": "alias",
+        "customer_id": "c-1",
+        "occurred_at": "2026-11-20T10:00:00+08:00",
+        "payload": {"previous_ids": ["anon:v-1"]},
+    }
+    response = await ingest.post("/v1/events", json=[alias, purchase("e-2"), {"type": "nope"}])
+    assert response.status_code == 202 and response.json()["accepted"] == ["e-alias", "e-2"]
+    metrics = (await ingest.get("/metrics")).text
+    assert 'huitou_ingest_events_total{interface="native",outcome="accepted"} 2.0' in metrics
+    assert 'huitou_ingest_events_total{interface="native",outcome="rejected"} 1.0' in metrics
+    document = (await ingest.get("/openapi.json")).json()
+    assert {"/v1/events", "/v1/batch", "/v1/track", "/v1/cloudevents", "/internal/v1/sources"} <= set(document["paths"])
