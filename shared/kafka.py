@@ -234,6 +234,7 @@ class ConsumerLoop:
                     self.assigned.set()
                 for tp, records in batches.items():
                     await self._process_partition_batch(consumer, tp, records)
+                await self._record_lag(consumer)
         finally:
             self.consumer = None
             await consumer.stop()
@@ -262,6 +263,19 @@ class ConsumerLoop:
                 continue
             self.consumer = consumer
             return
+
+    async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Export lag per assigned partition (what KEDA scales on, and what an operator watches)."""
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 0.5)
+            except (KafkaError, IllegalStateError, TimeoutError):
+                continue  # revoked in a rebalance since assignment() was read
+            lag = max(highwater - position, 0)
+            self._metrics.consumer_lag.labels(self._service, tp.topic, str(tp.partition)).set(lag)
 
     async def _process_partition_batch(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]

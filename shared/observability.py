@@ -55,6 +55,12 @@ class ServiceMetrics:
             ["service"],
             registry=self.registry,
         )
+        self.consumer_lag = Gauge(
+            "huitou_consumer_lag",
+            "Messages on a partition not yet consumed by this member (high-water mark − position)",
+            ["service", "topic", "partition"],
+            registry=self.registry,
+        )
         self.duplicates_skipped = Counter(
             "huitou_duplicate_events_total",
             "Events skipped because their event_id was seen",

@@ -130,6 +130,13 @@ async def test_duplicates_change_nothing(scoring: Scoring) -> None:
     updates = await read_topic(scoring.broker.bootstrap, CUSTOMERS, expect_at_least=2)
     assert [json.loads(r.value)["payload"]["version"] for r in updates] == [1, 2]
     assert scoring.metrics.duplicates_skipped.labels("scoring")._value.get() == 1
+    lag = {
+        sample.labels["partition"]: sample.value
+        for metric in scoring.metrics.consumer_lag.collect()
+        for sample in metric.samples
+        if sample.labels["topic"] == EVENTS
+    }
+    assert len(lag) == 6 and set(lag.values()) == {0.0}, lag  # every partition exported, all caught up
 
 
 async def test_poison_goes_to_the_dlq_and_the_partition_keeps_moving(scoring: Scoring) -> None:
