@@ -1,8 +1,8 @@
 """Scoring's consumer handler: one intake event in, one customer-file transaction out.
 
-The event claim, the file change and the ``customer.updated`` outbox row commit together; the
-consumer loop commits the Kafka offset only afterwards. A crash anywhere replays the event,
-and the claim makes the replay a no-op.
+The event claim, the file change, its scores, the history of what changed and the
+``customer.updated`` outbox row commit together; the consumer loop commits the Kafka offset only
+afterwards. A crash anywhere replays the event, and the claim makes the replay a no-op.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
-from uuid import NAMESPACE_URL, uuid5
+from decimal import Decimal
 
 from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import repository
+from services.scoring.clock import Clock
 from services.scoring.customer_file import (
     CustomerFile,
     add_purchase,
@@ -23,53 +24,92 @@ from services.scoring.customer_file import (
     count_interaction,
     merge_consent,
     merge_traits,
+    note_complaint,
+    note_engagement,
+    note_order,
+    note_share_of_wallet,
 )
-from services.scoring.tables import outbox, processed_events
+from services.scoring.engine import Announcement, ModelStore, commit, derived_event_id, rescored
+from services.scoring.purchases import OrderLine
+from services.scoring.scorecard import Rules
+from services.scoring.settings import ScoringSettings
 from shared.contracts import (
     AnyEvent,
     ConsentEvent,
     CustomerCause,
-    CustomerUpdatedEvent,
-    CustomerUpdatedPayload,
     IdentifyEvent,
     InteractionEvent,
+    InteractionKind,
     PurchaseEvent,
     RefundEvent,
-    to_wire,
 )
 from shared.db import transaction
-from shared.kafka import Outgoing
-from shared.ledger import OutboxRelay, claim_event, enqueue
+from shared.ledger import OutboxRelay
 from shared.observability import ServiceMetrics
-from shared.topics import CUSTOMERS
 
 log = logging.getLogger("huitou.scoring")
 
 IntakeEvent = IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent
 
-
-def derived_event_id(kind: str, cause_event_id: str) -> str:
-    """Deterministic ids for derived events, so a re-derivation is recognisably the same event."""
-    return str(uuid5(NAMESPACE_URL, f"huitou:{kind}/{cause_event_id}"))
+__all__ = ["ScoringHandler", "cause_of", "derived_event_id", "fold"]
 
 
-async def fold(session: AsyncSession, file: CustomerFile, event: IntakeEvent) -> CustomerFile | None:
-    """The file after ``event``, or None when the event changes nothing (e.g. a resent order)."""
+async def fold(
+    session: AsyncSession, file: CustomerFile, event: IntakeEvent, orders: list[OrderLine]
+) -> CustomerFile | None:
+    """The file after ``event``, or None when the event changes nothing (e.g. a resent order).
+
+    ``orders`` holds the customer's stored orders and is kept up to date with the event.
+    """
     at = event.occurred_at
     match event:
         case PurchaseEvent(payload=order):
-            if not await repository.record_order(session, file.customer_id, event.event_id, order, at):
+            known = next((line for line in orders if line.order_id == order.order_id), None)
+            if known is not None:  # the same order resent under a new event id: nothing to count
+                if event.event_id < known.event_id:
+                    await repository.keep_first_event_id(session, file.customer_id, order.order_id, event.event_id)
                 return None
-            return replace(file, totals=add_purchase(file.totals, order.amount, at))
+            unmatched = dict(file.unmatched_refunds)
+            early_refunds = Decimal(unmatched.pop(order.order_id, "0"))
+            orders.append(
+                await repository.record_order(session, file.customer_id, event.event_id, order, at, early_refunds)
+            )
+            categories, last_order = note_order(file.categories, file.last_order, order, at)
+            return replace(
+                file,
+                totals=add_purchase(file.totals, order.amount, at, order.margin),
+                categories=categories,
+                last_order=last_order,
+                share_of_wallet=note_share_of_wallet(file.share_of_wallet, order, at),
+                unmatched_refunds=unmatched,
+            )
         case RefundEvent(payload=refund):
-            await repository.record_refund(session, file.customer_id, refund.order_id, refund.amount)
-            return replace(file, totals=add_refund(file.totals, refund.amount))
+            unmatched = dict(file.unmatched_refunds)
+            if await repository.record_refund(session, file.customer_id, event.event_id, refund, at):
+                orders[:] = [
+                    replace(line, refunded=line.refunded + refund.amount) if line.order_id == refund.order_id else line
+                    for line in orders
+                ]
+            else:  # its order has not arrived yet; it is booked on it when it does
+                unmatched[refund.order_id] = str(Decimal(unmatched.get(refund.order_id, "0")) + refund.amount)
+            return replace(file, totals=add_refund(file.totals, refund.amount), unmatched_refunds=unmatched)
         case IdentifyEvent(payload=identify):
             return replace(file, profile=merge_traits(file.profile, identify.traits, at))
         case ConsentEvent(payload=consent):
             return replace(file, consents=merge_consent(file.consents, consent, at))
         case InteractionEvent(payload=interaction):
-            return replace(file, interactions=count_interaction(file.interactions, interaction))
+            referrals = file.referral_count
+            if interaction.kind is InteractionKind.REFERRAL and interaction.referred_customer_id:
+                referrals = await repository.record_referral(
+                    session, file.customer_id, interaction.referred_customer_id, at
+                )
+            return replace(
+                file,
+                interactions=count_interaction(file.interactions, interaction),
+                engagement=note_engagement(file.engagement, interaction, at),
+                complaints=note_complaint(file.complaints, interaction, at, event.event_id),
+                referral_count=referrals,
+            )
     return None
 
 
@@ -86,40 +126,42 @@ def cause_of(event: IntakeEvent) -> CustomerCause:
 
 
 class ScoringHandler:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], relay: OutboxRelay, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        relay: OutboxRelay,
+        metrics: ServiceMetrics,
+        *,
+        settings: ScoringSettings | None = None,
+        models: ModelStore | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        settings = settings or ScoringSettings()
         self._sessions = sessions
         self._relay = relay
         self._metrics = metrics
+        self._rules: Rules = settings.rules()
+        self._models = models or ModelStore(sessions)
+        self._clock = clock or Clock(settings.clock)
 
     async def __call__(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes] | None = None) -> None:
         if not isinstance(event, IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent):
-            return  # not ours to fold (e.g. touch lifecycle, consumed by later scores)
-        changed = False
+            return  # not ours to fold (e.g. touch lifecycle)
+        queued = False
         async with transaction(self._sessions) as session:
-            if not await claim_event(session, processed_events, event.event_id):
+            if not await repository.claim(session, event.event_id, datetime.now(UTC)):
                 self._metrics.duplicates_skipped.labels("scoring").inc()
                 return
-            current = await repository.load_file(session, event.customer_id)
+            current = await repository.load_file(session, event.customer_id, for_update=True)
             before = current or CustomerFile(event.customer_id)
-            after = await fold(session, before, event)
-            if after is not None:
-                after = replace(after, version=before.version + 1)
-                await repository.save_file(session, after, datetime.now(UTC), is_new=current is None)
-                await enqueue(session, outbox, self._announce(after, event))
-                changed = True
-        if changed:
+            orders = await repository.order_lines(session, event.customer_id) if before.totals.order_count else []
+            folded = await fold(session, before, event, orders)
+            if folded is None:
+                return
+            folded = folded.seen(event.occurred_at)
+            model = await self._models.current(session)
+            after, found = rescored(folded, orders, model, self._clock.for_file(folded), self._rules)
+            announcement = Announcement(cause_of(event), event.historical, event.trace_id)
+            queued = await commit(session, current, after, found, announcement)
+        if queued:
             self._relay.notify()
-
-    @staticmethod
-    def _announce(file: CustomerFile, cause: IntakeEvent) -> Outgoing:
-        update = CustomerUpdatedEvent(
-            event_id=derived_event_id("customer.updated", cause.event_id),
-            customer_id=file.customer_id,
-            occurred_at=cause.occurred_at,
-            received_at=datetime.now(UTC),
-            source="scoring",
-            historical=cause.historical,
-            trace_id=cause.trace_id,
-            payload=CustomerUpdatedPayload(version=file.version, cause=cause_of(cause), snapshot=file.snapshot()),
-        )
-        return Outgoing(CUSTOMERS, file.customer_id, to_wire(update))

@@ -1,0 +1,134 @@
+"""Recompute a customer file's scores, record what changed and announce it — one path for the
+event consumer, the lapse sweep, the re-scoring after a refit and operator writes.
+
+Everything here runs inside the caller's database transaction: the file, its history rows and
+the ``customer.updated`` outbox row commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from uuid import NAMESPACE_URL, uuid5
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.scoring import repository
+from services.scoring.customer_file import CustomerFile
+from services.scoring.population import PopulationModel
+from services.scoring.purchases import OrderLine, occasions
+from services.scoring.scorecard import Rules, changes, score
+from services.scoring.tables import outbox
+from shared.contracts import (
+    CustomerCause,
+    CustomerUpdatedEvent,
+    CustomerUpdatedPayload,
+    FieldChange,
+    to_wire,
+)
+from shared.kafka import Outgoing
+from shared.ledger import enqueue
+from shared.topics import CUSTOMERS
+
+
+def derived_event_id(kind: str, cause_event_id: str) -> str:
+    """Deterministic ids for derived events, so a re-derivation is recognisably the same event."""
+    return str(uuid5(NAMESPACE_URL, f"huitou:{kind}/{cause_event_id}"))
+
+
+class ModelStore:
+    """The population model in force, cached; other replicas' refits are picked up within ``poll_seconds``."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], poll_seconds: float = 5.0) -> None:
+        self._sessions = sessions
+        self._poll = poll_seconds
+        self._model: PopulationModel | None = None
+        self._checked = float("-inf")
+
+    def set(self, model: PopulationModel) -> None:
+        if self._model is None or (model.id or 0) >= (self._model.id or 0):
+            self._model = model
+        self._checked = time.monotonic()
+
+    async def current(self, session: AsyncSession | None = None) -> PopulationModel | None:
+        if time.monotonic() - self._checked >= self._poll:
+            await self.refresh(session)
+        return self._model
+
+    async def refresh(self, session: AsyncSession | None = None) -> None:
+        if session is None:
+            async with self._sessions() as own:
+                await self._refresh(own)
+        else:
+            await self._refresh(session)
+
+    async def _refresh(self, session: AsyncSession) -> None:
+        latest_id = await repository.latest_model_id(session)
+        if latest_id is not None and (self._model is None or self._model.id != latest_id):
+            model = await repository.latest_model(session)
+            if model is not None:
+                self._model = model
+        self._checked = time.monotonic()
+
+
+def rescored(
+    file: CustomerFile,
+    orders: Sequence[OrderLine],
+    model: PopulationModel | None,
+    as_of: datetime,
+    rules: Rules,
+) -> tuple[CustomerFile, list[FieldChange]]:
+    """The file with fresh scores as of ``as_of``, and the tracked fields that changed."""
+    history = occasions(orders, rules.timezone, rules.tiers.basis)
+    card = score(file.facts(history), model, as_of, rules)
+    before = file.scores.tracked() if file.scores else {}
+    return replace(file, scores=card), changes(before, card)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    cause: CustomerCause
+    historical: bool = False
+    trace_id: str | None = None
+
+
+async def commit(
+    session: AsyncSession,
+    before: CustomerFile | None,
+    after: CustomerFile,
+    found: list[FieldChange],
+    announcement: Announcement | None,
+    now: datetime | None = None,
+) -> bool:
+    """Store ``after``; with an announcement, bump the version, record the changes and queue the
+    ``customer.updated``. Returns whether something was queued for the relay."""
+    now = now or datetime.now(UTC)
+    is_new = before is None
+    if announcement is not None:
+        after = replace(after, version=(before.version if before else 0) + 1)
+    await repository.save_file(session, after, now, is_new=is_new)
+    if announcement is None:
+        return False
+    as_of = after.scores.as_of if after.scores else now
+    await repository.append_history(session, after.customer_id, found, announcement.cause, as_of, now)
+    if before is None:  # a new file: someone may have referred this customer already
+        after = replace(after, referred_by=await repository.referred_by(session, after.customer_id))
+    await enqueue(session, outbox, announce(after, announcement, found, now))
+    return True
+
+
+def announce(file: CustomerFile, announcement: Announcement, found: list[FieldChange], now: datetime) -> Outgoing:
+    cause = announcement.cause
+    update = CustomerUpdatedEvent(
+        event_id=derived_event_id("customer.updated", cause.event_id),
+        customer_id=file.customer_id,
+        occurred_at=cause.occurred_at,
+        received_at=now,
+        source="scoring",
+        historical=announcement.historical,
+        trace_id=announcement.trace_id,
+        payload=CustomerUpdatedPayload(version=file.version, cause=cause, snapshot=file.snapshot(), changes=found),
+    )
+    return Outgoing(CUSTOMERS, file.customer_id, to_wire(update))
