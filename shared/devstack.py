@@ -85,6 +85,8 @@ class StackConfig:
             HUITOU_GATEWAY_INGEST_URL=self.url("ingest"),
             HUITOU_OUTREACH_SMTP_HOST=self.host,
             HUITOU_OUTREACH_SMTP_PORT=str(self.ports["smtp"]),
+            # Unsubscribe links in mail point at the gateway, which proxies them to outreach.
+            HUITOU_OUTREACH_PUBLIC_BASE_URL=self.url("gateway"),
             PYTHONUNBUFFERED="1",
         )
         env[f"HUITOU_{service.upper()}_HOST"] = self.host

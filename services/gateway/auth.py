@@ -1,18 +1,20 @@
-"""API-key authentication and roles (admin > operator > viewer)."""
+"""API-key authentication, roles (admin > operator > viewer) and the per-key rate limit."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.gateway.ratelimit import RateLimiter
 from services.gateway.tables import api_keys
 from shared.keys import digest
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="huitou"'}
 
 
 class Role(StrEnum):
@@ -23,6 +25,9 @@ class Role(StrEnum):
     @property
     def rank(self) -> int:
         return [Role.VIEWER, Role.OPERATOR, Role.ADMIN].index(self)
+
+    def admits(self, caller: Role) -> bool:
+        return caller.rank >= self.rank
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,9 @@ def presented_key(request: Request) -> str | None:
 
 async def authenticate(request: Request) -> Caller:
     key = presented_key(request)
-    challenge = {"WWW-Authenticate": 'Bearer realm="huitou"'}
     if key is None:
         raise HTTPException(
-            401, {"error": "send your API key as 'Authorization: Bearer <key>' or X-API-Key"}, challenge
+            401, {"error": "send your API key as 'Authorization: Bearer <key>' or X-API-Key"}, CHALLENGE
         )
     sessions: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessions
     async with sessions() as session:
@@ -54,34 +58,45 @@ async def authenticate(request: Request) -> Caller:
             )
         ).first()
     if row is None:
-        raise HTTPException(401, {"error": "unknown API key"}, challenge)
+        raise HTTPException(401, {"error": "unknown API key"}, CHALLENGE)
     if not row.enabled:
-        raise HTTPException(403, {"error": f"API key {row.name!r} is disabled"})
-    return Caller(row.name, Role(row.role))
+        raise HTTPException(403, {"error": f"API key {row.name!r} is disabled; ask an admin to enable it"})
+    caller = Caller(row.name, Role(row.role))
+    limit(request.app.state.rate_limiter, f"key:{caller.name}")
+    return caller
+
+
+def limit(limiter: RateLimiter, who: str) -> None:
+    """Take one token for ``who``, or refuse with 429 and when to come back."""
+    verdict = limiter.take(who)
+    if not verdict.allowed:
+        raise HTTPException(
+            429,
+            {
+                "error": f"rate limit exceeded ({limiter.rate:g} requests/s, bursts of {limiter.burst}); "
+                f"retry after {verdict.retry_after_header} s"
+            },
+            {"Retry-After": verdict.retry_after_header},
+        )
 
 
 def require(role: Role) -> Any:
-    """A route dependency admitting ``role`` and the roles above it."""
+    """A route dependency admitting ``role`` and the roles above it; it yields the :class:`Caller`."""
 
     async def check(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
-        if caller.role.rank < role.rank:
+        if not role.admits(caller.role):
             raise HTTPException(403, {"error": f"this needs the {role} role; key {caller.name!r} is {caller.role}"})
         return caller
 
     return Depends(check)
 
 
-async def register_key(sessions: async_sessionmaker[AsyncSession], name: str, key: str, role: Role) -> None:
-    """Create or re-key ``name`` (used to install the first admin key)."""
-    async with sessions() as session, session.begin():
-        exists = await session.scalar(select(api_keys.c.name).where(api_keys.c.name == name))
-        if exists:
-            await session.execute(
-                update(api_keys).where(api_keys.c.name == name).values(key_hash=digest(key), role=role, enabled=True)
-            )
-        else:
-            await session.execute(
-                insert(api_keys).values(
-                    name=name, key_hash=digest(key), role=role, enabled=True, created_at=datetime.now(UTC)
-                )
-            )
+async def limit_public(request: Request) -> None:
+    """Routes without a key (unsubscribe links) are limited per client address instead."""
+    client = request.client.host if request.client else "unknown"
+    limit(request.app.state.public_rate_limiter, f"ip:{client}")
+
+
+Viewer = Annotated[Caller, require(Role.VIEWER)]
+Operator = Annotated[Caller, require(Role.OPERATOR)]
+Admin = Annotated[Caller, require(Role.ADMIN)]
