@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from shared.devstack import tansu_binary
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -153,3 +157,58 @@ def postgres_cluster() -> Iterator[str]:
     finally:
         subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class RunningStack:
+    """The dev launcher (`python -m shared.devstack`) running as a subprocess, as a newcomer runs it."""
+
+    ports: dict[str, int]
+    output: list[str]
+    process: subprocess.Popen[str]
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+
+@contextlib.contextmanager
+def dev_stack(var_dir: Path, env: dict[str, str], ready_timeout: float = 120) -> Iterator[RunningStack]:
+    """Start the whole stack on free ports; stop it with Ctrl-C (SIGINT) and insist on a clean exit."""
+    from shared.devstack import DEFAULT_PORTS
+
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    full_env = {
+        **os.environ,
+        **{f"HUITOU_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        "HUITOU_VAR_DIR": str(var_dir),
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.devstack"], cwd=ROOT, env=full_env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    output: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "Huitou dev stack is ready" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    running = RunningStack(ports, output, process)
+    try:
+        if not ready.wait(ready_timeout):
+            raise AssertionError("dev stack did not become ready:\n" + "".join(output[-60:]))
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        assert code == 0, "dev stack did not stop cleanly:\n" + "".join(output[-40:])

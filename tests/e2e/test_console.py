@@ -12,10 +12,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import dev_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
@@ -141,42 +137,11 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, chromium: Path) -> Iterator[Stack]:
-    ports = {name: free_port() for name in ("gateway", "ingest", "scoring", "outreach", "broker", "smtp")}
-    env = {
-        **os.environ,
-        **{f"HUITOU_{name.upper()}_PORT": str(port) for name, port in ports.items()},
-        "HUITOU_VAR_DIR": str(tmp_path_factory.mktemp("console-var")),
-        "HUITOU_DEV_WRITE_KEY": WRITE_KEY,
-        "HUITOU_DEV_ADMIN_KEY": ADMIN_KEY,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shared.devstack"], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    output: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if "Huitou dev stack is ready" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    running = Stack(ports, output)
-    try:
-        if not ready.wait(120):
-            pytest.fail("dev stack did not become ready:\n" + "".join(output[-60:]))
-        seed(running)
-        yield running
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env = {"HUITOU_DEV_WRITE_KEY": WRITE_KEY, "HUITOU_DEV_ADMIN_KEY": ADMIN_KEY}
+    with dev_stack(tmp_path_factory.mktemp("console-var"), env) as running:
+        console_stack = Stack(running.ports, running.output)
+        seed(console_stack)
+        yield console_stack
 
 
 def seed(stack: Stack) -> None:

@@ -4,85 +4,33 @@ scheduled follow-up touch visible through the gateway."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import RunningStack, dev_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
-ROOT = Path(__file__).resolve().parents[2]
 WRITE_KEY = "wk_e2e_write_key_0123456789abcdef"
 ADMIN_KEY = "hk_e2e_admin_key_0123456789abcdef"
 
 
-@dataclass
-class Stack:
-    ports: dict[str, int]
-    output: list[str]
-    process: subprocess.Popen[str]
-
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.ports[service]}"
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    ports = {name: free_port() for name in ("gateway", "ingest", "scoring", "outreach", "broker", "smtp", "smtp_http")}
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     env = {
-        **os.environ,
-        **{f"HUITOU_{name.upper()}_PORT": str(port) for name, port in ports.items()},
-        "HUITOU_VAR_DIR": str(tmp_path_factory.mktemp("var")),
         "HUITOU_DEV_WRITE_KEY": WRITE_KEY,
         "HUITOU_DEV_ADMIN_KEY": ADMIN_KEY,
         "HUITOU_OUTREACH_FOLLOW_UP_DELAY": "P2DT6H",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shared.devstack"],
-        cwd=ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if "Huitou dev stack is ready" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    running = Stack(ports, output, process)
-    try:
-        if not ready.wait(120):
-            pytest.fail("dev stack did not become ready:\n" + "".join(output[-60:]))
+    with dev_stack(tmp_path_factory.mktemp("var"), env) as running:
         yield running
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        assert code == 0, "".join(output[-40:])
-        assert any("stopped." in line for line in output)
+    assert any("stopped." in line for line in running.output)
 
 
-def test_banner_prints_urls_and_the_dev_keys(stack: Stack) -> None:
+def test_banner_prints_urls_and_the_dev_keys(stack: RunningStack) -> None:
     text = "".join(stack.output)
     assert stack.url("gateway") in text and stack.url("ingest") in text
     assert WRITE_KEY in text and ADMIN_KEY in text
@@ -90,7 +38,7 @@ def test_banner_prints_urls_and_the_dev_keys(stack: Stack) -> None:
     assert httpx.get(stack.url("smtp_http") + "/messages").status_code == 200
 
 
-def test_every_service_is_healthy_ready_and_exports_metrics(stack: Stack) -> None:
+def test_every_service_is_healthy_ready_and_exports_metrics(stack: RunningStack) -> None:
     for service in ("gateway", "ingest", "scoring", "outreach"):
         assert httpx.get(stack.url(service) + "/healthz").json()["status"] == "ok"
         ready = httpx.get(stack.url(service) + "/readyz")
@@ -99,7 +47,7 @@ def test_every_service_is_healthy_ready_and_exports_metrics(stack: Stack) -> Non
         assert "huitou_http_requests_total" in httpx.get(stack.url(service) + "/metrics").text
 
 
-def test_purchase_becomes_a_customer_file_and_a_scheduled_follow_up(stack: Stack) -> None:
+def test_purchase_becomes_a_customer_file_and_a_scheduled_follow_up(stack: RunningStack) -> None:
     occurred = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     event = {
         "event_id": f"e2e-{time.time_ns()}",
@@ -142,7 +90,7 @@ def test_purchase_becomes_a_customer_file_and_a_scheduled_follow_up(stack: Stack
     assert datetime.fromisoformat(purchases["last_purchase_at"].replace("Z", "+00:00")) == occurred
 
 
-def test_gateway_requires_a_known_api_key(stack: Stack) -> None:
+def test_gateway_requires_a_known_api_key(stack: RunningStack) -> None:
     url = stack.url("gateway") + "/api/v1/customers/e2e-customer"
     missing = httpx.get(url)
     assert missing.status_code == 401 and "API key" in missing.json()["error"]
@@ -152,6 +100,6 @@ def test_gateway_requires_a_known_api_key(stack: Stack) -> None:
     assert unknown.status_code == 404 and "nobody" in unknown.json()["error"]
 
 
-def test_internal_apis_refuse_callers_without_the_service_token(stack: Stack) -> None:
+def test_internal_apis_refuse_callers_without_the_service_token(stack: RunningStack) -> None:
     response = httpx.get(stack.url("scoring") + "/internal/v1/customers/e2e-customer")
     assert response.status_code == 401
