@@ -189,7 +189,7 @@ class DevStack:
             [
                 "",
                 "Huitou dev stack is ready.",
-                f"  gateway   {c.url('gateway')}   (API docs: {c.url('gateway')}/docs)",
+                f"  gateway   {c.url('gateway')}   (console: {c.url('gateway')}/console/, OpenAPI: /openapi.json)",
                 f"  ingest    {c.url('ingest')}",
                 f"  scoring   {c.url('scoring')}",
                 f"  outreach  {c.url('outreach')}",
