@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -36,6 +37,18 @@ Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. CNY")]
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
+"""An IANA time zone name (Asia/Shanghai), checked against the zone database."""
 
 
 class Contract(BaseModel):
@@ -77,7 +90,7 @@ class Traits(Contract):
     lunar_birthday: str | None = Field(
         None, pattern=r"^\d{2}-\d{2}$", description="month-day in the lunar calendar, e.g. 08-15"
     )
-    timezone: str | None = Field(None, max_length=64, description="IANA zone, e.g. Asia/Shanghai")
+    timezone: TimeZoneName | None = Field(None, max_length=64, description="IANA zone, e.g. Asia/Shanghai")
     locale: str | None = Field(None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="zh-CN or en")
     address: dict[str, str] | None = None
     signup_at: AwareDatetime | None = None
@@ -91,17 +104,6 @@ class Traits(Contract):
         if value is not None and not _EMAIL.match(value):
             raise ValueError("email must look like name@example.com")
         return value.lower() if value else value
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
-        return value
 
 
 class IdentifyPayload(Contract):

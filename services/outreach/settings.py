@@ -7,9 +7,10 @@ embedded stack runs on. docs/outreach.md lists them with their reasons.
 from datetime import time, timedelta
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.contracts import TimeZoneName
 from shared.settings import ServiceSettings, is_placeholder
 
 DEV_UNSUBSCRIBE_SECRET = "dev-unsubscribe-secret-not-for-production"
@@ -36,7 +37,7 @@ class OutreachSettings(ServiceSettings):
     plan_refresh_seconds: float = Field(
         5.0, gt=0, description="how often a replica re-reads care plans and templates edited elsewhere"
     )
-    default_timezone: str = Field("Asia/Shanghai", description="for customers whose file has no time zone")
+    default_timezone: TimeZoneName = Field("Asia/Shanghai", description="for customers whose file has no time zone")
     default_locale: str = Field("zh-CN", description="for customers whose file has no (supported) locale")
 
     # --- calendar planner --------------------------------------------------------------------
@@ -112,17 +113,6 @@ class OutreachSettings(ServiceSettings):
         "http://127.0.0.1:8003",
         description="where customers reach /public/v1/unsubscribe (the gateway's public URL in production)",
     )
-
-    @field_validator("default_timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
-        return value
 
     @model_validator(mode="after")
     def _coherent(self) -> "OutreachSettings":

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.scoring.lifecycle import LifecycleRules
@@ -19,6 +19,7 @@ from services.scoring.loyalty import LoyaltyRules
 from services.scoring.predictions import PredictionRules
 from services.scoring.scorecard import Rules
 from services.scoring.tiers import GradeRule, GradeRules, TierRules
+from shared.contracts import TimeZoneName
 from shared.settings import ServiceSettings
 
 
@@ -35,7 +36,7 @@ class ScoringSettings(ServiceSettings):
         description="live: scores are as of wall-clock time; replay: as of event time (a backfill "
         "ends in the state live traffic would have reached)",
     )
-    occasion_timezone: str = Field(
+    occasion_timezone: TimeZoneName = Field(
         "UTC", description="IANA zone whose calendar days define purchase occasions (one per customer per day)"
     )
 
@@ -124,15 +125,6 @@ class ScoringSettings(ServiceSettings):
     prospect_a_product_views: int = Field(
         3, ge=1, description="product views that, with a question or a click, show clear intent"
     )
-
-    @field_validator("occasion_timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
-        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> ScoringSettings:

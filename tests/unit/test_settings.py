@@ -53,3 +53,11 @@ def test_production_rejects_a_placeholder_write_key(monkeypatch):
     monkeypatch.setenv("HUITOU_INGEST_WRITE_KEY", "changeme")
     with pytest.raises(InsecureSettings, match="HUITOU_INGEST_WRITE_KEY"):
         IngestSettings()
+
+
+@pytest.mark.parametrize(
+    ("settings_class", "field"), [(OutreachSettings, "default_timezone"), (ScoringSettings, "occasion_timezone")]
+)
+def test_time_zone_settings_name_a_real_zone(settings_class, field):
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Base'; use an IANA name"):
+        settings_class(**{field: "Mars/Base"})
