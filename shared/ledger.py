@@ -73,6 +73,32 @@ async def prune_processed(session: AsyncSession, table: Table, keep: timedelta) 
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def prune_processed_forever(
+    sessions: async_sessionmaker[AsyncSession],
+    table: Table,
+    keep: timedelta,
+    stop: asyncio.Event,
+    every: timedelta = timedelta(hours=1),
+) -> None:
+    """Keep the ledger bounded: hourly, forget ids older than ``keep``.
+
+    ``keep`` must exceed how long a message can still be redelivered (the topics' retention),
+    or a very late replay would be applied twice.
+    """
+    while not stop.is_set():
+        try:
+            async with sessions() as session, session.begin():
+                removed = await prune_processed(session, table, keep)
+            if removed:
+                log.info("forgot %d processed event ids older than %s", removed, keep)
+        except Exception:
+            log.exception("pruning processed event ids failed; will retry")
+        try:
+            await asyncio.wait_for(stop.wait(), every.total_seconds())
+        except TimeoutError:
+            pass
+
+
 async def enqueue(session: AsyncSession, table: Table, message: Outgoing) -> None:
     await session.execute(
         insert(table).values(topic=message.topic, key=message.key, value=message.value, created_at=datetime.now(UTC))

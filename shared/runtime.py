@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db import create_engine, migrate, ping, session_factory
 from shared.kafka import ConsumerLoop, EventProducer, Handler
-from shared.ledger import OutboxRelay
+from shared.ledger import OutboxRelay, prune_processed_forever
 from shared.observability import ServiceMetrics
 from shared.service import ReadinessCheck, is_transient
 from shared.settings import ServiceSettings
@@ -86,11 +86,13 @@ def start_pipeline(
     runtime: Runtime,
     *,
     outbox: Table,
+    processed: Table,
     topics: Sequence[str],
     group_id: str,
     make_handler: Callable[[OutboxRelay], Handler],
 ) -> ConsumerLoop:
-    """Consume ``topics`` into the service's handler and relay its outbox to Kafka."""
+    """Consume ``topics`` into the service's handler, relay its outbox to Kafka, and keep its
+    processed-events ledger bounded."""
     assert runtime.producer is not None, "a consuming service needs a producer for its outbox and DLQ"
     service = runtime.settings.service_name
     relay = OutboxRelay(runtime.sessions, outbox, runtime.producer, runtime.metrics, service)
@@ -106,6 +108,8 @@ def start_pipeline(
     )
     runtime.spawn(relay.run(), "outbox-relay")
     runtime.spawn(consumer.run(), "consumer")
+    keep = runtime.settings.processed_event_retention
+    runtime.spawn(prune_processed_forever(runtime.sessions, processed, keep, runtime.stop), "ledger-pruner")
     runtime.on_close.extend([relay.stop, consumer.stop])
     return consumer
 

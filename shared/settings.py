@@ -7,6 +7,7 @@ Fields every service shares read un-prefixed ``HUITOU_*`` variables (``HUITOU_EN
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,10 @@ class ServiceSettings(BaseSettings):
         None, description="PostgreSQL schema for this service's tables; default the service name"
     )
     auto_migrate: bool = Field(True, description="apply Alembic migrations on start-up")
+    processed_event_retention: timedelta = Field(
+        timedelta(days=30),
+        description="how long a consumer remembers applied event ids; must exceed the topics' retention (7 days)",
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -20,7 +20,7 @@ from services.outreach.planning import PlanCatalog
 from services.outreach.routes import customers, planner, plans, public, reports, tasks, templates, touches
 from services.outreach.routes.deps import Outreach
 from services.outreach.settings import OutreachSettings
-from services.outreach.tables import outbox
+from services.outreach.tables import outbox, processed_events
 from services.outreach.worker import OutreachHandler
 from shared.contracts import Channel
 from shared.ledger import OutboxRelay
@@ -80,6 +80,7 @@ def create_app(settings: OutreachSettings | None = None) -> FastAPI:
         consumer = start_pipeline(
             runtime,
             outbox=outbox,
+            processed=processed_events,
             topics=[CUSTOMERS, EVENTS],
             group_id=settings.consumer_group,
             make_handler=make_handler,

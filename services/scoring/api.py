@@ -17,7 +17,7 @@ from services.scoring.maintenance import Maintenance
 from services.scoring.operations import Operations
 from services.scoring.routes import customers, edits, models, reports
 from services.scoring.settings import ScoringSettings
-from services.scoring.tables import outbox
+from services.scoring.tables import outbox, processed_events
 from services.scoring.worker import ScoringHandler
 from shared.kafka import Handler
 from shared.ledger import OutboxRelay
@@ -46,7 +46,12 @@ def create_app(settings: ScoringSettings | None = None) -> FastAPI:
             return ScoringHandler(runtime.sessions, relay, metrics, settings=settings, models=model_store, clock=clock)
 
         consumer = start_pipeline(
-            runtime, outbox=outbox, topics=[EVENTS], group_id=settings.consumer_group, make_handler=make_handler
+            runtime,
+            outbox=outbox,
+            processed=processed_events,
+            topics=[EVENTS],
+            group_id=settings.consumer_group,
+            make_handler=make_handler,
         )
         relay = relays[0]
         maintenance = Maintenance(runtime.sessions, relay, model_store, settings, clock)
