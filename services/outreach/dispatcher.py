@@ -470,15 +470,8 @@ class Dispatcher:
         now = self._clock()
         touch = flight.touch
         messages = [
-            repository.lifecycle_message(
-                customer_id=touch["customer_id"],
-                touch_id=touch["touch_id"],
-                plan=touch["plan"],
-                status=TouchStatus.SENT,
-                now=now,
-                channel=flight.message.channel.value,
-                due_at=touch["due_at"],
-                reason=reason,
+            repository.touch_lifecycle(
+                touch, TouchStatus.SENT, now, reason=reason, channel=flight.message.channel.value
             )
         ]
         async with self._tx() as session:
@@ -590,18 +583,7 @@ class Dispatcher:
                 reason=reason,
                 now=now,
             )
-        messages.append(
-            repository.lifecycle_message(
-                customer_id=touch["customer_id"],
-                touch_id=touch["touch_id"],
-                plan=touch["plan"],
-                status=status,
-                now=now,
-                channel=touch["channel"],
-                due_at=touch["due_at"],
-                reason=reason,
-            )
-        )
+        messages.append(repository.touch_lifecycle(touch, status, now, reason=reason))
         return status.value
 
     # --- crash recovery ---------------------------------------------------------------------
@@ -659,18 +641,7 @@ class Dispatcher:
                     lease_until=None,
                     lease_owner=None,
                 )
-                messages.append(
-                    repository.lifecycle_message(
-                        customer_id=touch["customer_id"],
-                        touch_id=touch_id,
-                        plan=touch["plan"],
-                        status=TouchStatus.SENT,
-                        now=now,
-                        channel=touch["channel"],
-                        due_at=touch["due_at"],
-                        reason=reason,
-                    )
-                )
+                messages.append(repository.touch_lifecycle(touch, TouchStatus.SENT, now, reason=reason))
                 outcome = "recovered_sent_unconfirmed"
             else:
                 # Nothing crossed the point of no return (or the far side dedupes by key): send again.

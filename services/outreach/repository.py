@@ -3,7 +3,7 @@ care plans and templates. Every function runs inside the caller's transaction.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -368,6 +368,29 @@ def lifecycle_message(
         ),
     )
     return Outgoing(TOUCHES, customer_id, to_wire(message))
+
+
+def touch_lifecycle(
+    touch: Mapping[str, Any],
+    status: TouchStatus,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    channel: str | None = None,
+    revenue: Decimal | None = None,
+) -> Outgoing:
+    """``lifecycle_message`` for a stored touch row (its customer, plan, channel and due time)."""
+    return lifecycle_message(
+        customer_id=touch["customer_id"],
+        touch_id=touch["touch_id"],
+        plan=touch["plan"],
+        status=status,
+        now=now,
+        channel=channel or touch["channel"],
+        due_at=touch["due_at"],
+        reason=reason,
+        revenue=revenue,
+    )
 
 
 async def record_suppression(

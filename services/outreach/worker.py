@@ -147,17 +147,7 @@ class OutreachHandler:
     ) -> list[Outgoing]:
         converted = await repository.attribute_purchase(session, customer_id, order_id, revenue, occurred_at, now)
         return [
-            repository.lifecycle_message(
-                customer_id=customer_id,
-                touch_id=row["touch_id"],
-                plan=row["plan"],
-                status=TouchStatus.CONVERTED,
-                now=now,
-                channel=row["channel"],
-                due_at=row["due_at"],
-                reason=f"order {order_id}",
-                revenue=revenue,
-            )
+            repository.touch_lifecycle(row, TouchStatus.CONVERTED, now, reason=f"order {order_id}", revenue=revenue)
             for row in converted
         ]
 

@@ -148,16 +148,7 @@ async def approve_touch(touch_id: str, body: Actor, runtime: RuntimeDep, outreac
         await enqueue(
             session,
             outbox,
-            repository.lifecycle_message(
-                customer_id=row["customer_id"],
-                touch_id=touch_id,
-                plan=row["plan"],
-                status=TouchStatus.SCHEDULED,
-                now=now,
-                channel=row["channel"],
-                due_at=row["due_at"],
-                reason=f"offer approved by {body.by}",
-            ),
+            repository.touch_lifecycle(row, TouchStatus.SCHEDULED, now, reason=f"offer approved by {body.by}"),
         )
         updated = await repository.get_touch(session, touch_id)
     outreach.dispatcher.notify()
@@ -189,16 +180,7 @@ async def cancel_touch(touch_id: str, body: CancelRequest, runtime: RuntimeDep) 
         await enqueue(
             session,
             outbox,
-            repository.lifecycle_message(
-                customer_id=row["customer_id"],
-                touch_id=touch_id,
-                plan=row["plan"],
-                status=TouchStatus.CANCELLED,
-                now=now,
-                channel=row["channel"],
-                due_at=row["due_at"],
-                reason=reason,
-            ),
+            repository.touch_lifecycle(row, TouchStatus.CANCELLED, now, reason=reason),
         )
         updated = await repository.get_touch(session, touch_id)
     assert updated is not None
