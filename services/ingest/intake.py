@@ -129,13 +129,3 @@ def validate(candidates: Iterable[Candidate], *, source: str, received_at: datet
         verdicts.valid.append(event)
         verdicts.indexes.append(candidate.index)
     return verdicts
-
-
-def stamp_and_validate(
-    items: list[Any], *, source: str, received_at: datetime, max_event_bytes: int, sizes: list[int]
-) -> Verdicts:
-    """Native items in, verdicts out (size limit, shape and contract in one call)."""
-    candidates, rejected = native_candidates(items, sizes, max_event_bytes)
-    verdicts = validate(candidates, source=source, received_at=received_at)
-    verdicts.rejected = sorted([*rejected, *verdicts.rejected], key=lambda r: r.index)
-    return verdicts

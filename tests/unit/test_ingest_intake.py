@@ -10,7 +10,7 @@ import pytest
 
 from services.ingest.budget import InFlightBudget, OverBudget
 from services.ingest.cloudevents import from_binary, from_structured, huitou_type
-from services.ingest.intake import Candidate, MappingError, item_sizes, native_candidates, stamp_and_validate, validate
+from services.ingest.intake import Candidate, MappingError, item_sizes, native_candidates, validate
 
 RECEIVED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -67,17 +67,6 @@ def test_native_candidates_reject_non_objects_and_oversize_items() -> None:
     assert [c.index for c in candidates] == [0]
     assert [(r.index, r.event_id) for r in rejected] == [(1, None), (2, "big")]
     assert "limit is 32768 bytes" in rejected[1].problems[0]
-
-
-def test_stamp_and_validate_sorts_rejections_by_position() -> None:
-    verdicts = stamp_and_validate(
-        ["x", purchase("bad", amount="nope"), purchase()],
-        source="s",
-        received_at=RECEIVED,
-        max_event_bytes=100,
-        sizes=[1, 1, 1],
-    )
-    assert [r.index for r in verdicts.rejected] == [0, 1] and [e.event_id for e in verdicts.valid] == ["e-1"]
 
 
 # --- the in-flight budget ---------------------------------------------------------------------
