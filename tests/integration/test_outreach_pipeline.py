@@ -258,13 +258,18 @@ async def test_consent_events_and_unsubscribe_links_stop_marketing(outreach: Run
 
     link = unsubscribe_url(outreach.settings, "someone-else", Channel.EMAIL)
     path = link.split("8003", 1)[1]
-    for method in ("GET", "POST", "GET"):  # idempotent
-        response = await outreach.api.request(method, path)
+    page = await outreach.api.get(path)  # what a link scanner sees: a question, not a change
+    assert page.status_code == 200 and '<form method="post"' in page.text and "Unsubscribed" not in page.text
+    unchanged = (await outreach.api.get("/internal/v1/customers/someone-else/export")).json()
+    assert unchanged["consents"] == []
+    for _ in range(2):  # idempotent
+        response = await outreach.api.post(path)
         assert response.status_code == 200 and "Unsubscribed" in response.text
     export = (await outreach.api.get("/internal/v1/customers/someone-else/export")).json()
     assert [(c["channel"], c["purpose"], c["granted"]) for c in export["consents"]] == [("email", "marketing", False)]
-    broken = await outreach.api.get(path[:-3] + "xyz")
-    assert broken.status_code == 400 and "copy the whole link" in broken.text
+    for method in ("GET", "POST"):
+        broken = await outreach.api.request(method, path[:-3] + "xyz")
+        assert broken.status_code == 400 and "copy the whole link" in broken.text
 
 
 async def test_erasure_forgets_the_customer_and_late_updates_do_not_bring_them_back(outreach: Running) -> None:
