@@ -100,6 +100,7 @@ def create_app(
             settings.internal_token,
             settings.downstream_retries,
             timeout=timeout,
+            slow_timeout=settings.slow_downstream_timeout_seconds,
             calls=calls,
         )
         app.state.gateway = Gateway(settings, runtime.sessions, downstream)

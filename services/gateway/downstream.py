@@ -113,6 +113,7 @@ class Downstream:
         retries: int,
         *,
         timeout: float = 5.0,
+        slow_timeout: float = 120.0,
         calls: Counter | None = None,
     ) -> None:
         self._client = client
@@ -120,6 +121,7 @@ class Downstream:
         self._headers = {INTERNAL_TOKEN_HEADER: token}
         self._retries = retries
         self._timeout = timeout
+        self._slow_timeout = slow_timeout
         self._calls = calls or call_counter(CollectorRegistry())
 
     @property
@@ -140,9 +142,14 @@ class Downstream:
         body: Any = None,
         idempotent: bool | None = None,
         headers: Mapping[str, str] | None = None,
+        slow: bool = False,
     ) -> Reply:
-        """One call with retries where safe. Answers below 500 are returned as they are."""
+        """One call with retries where safe. Answers below 500 are returned as they are.
+
+        ``slow``: the service works before it answers (a refit); allow the slow-call timeout.
+        """
         idempotent = method in {"GET", "HEAD"} if idempotent is None else idempotent
+        deadline = self._slow_timeout if slow else self._timeout
         url = self._urls[service] + path
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         send_headers = {**self._headers, **(headers or {})}
@@ -151,9 +158,14 @@ class Downstream:
         for attempt in range(self._retries + 1):
             last = attempt >= self._retries
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(deadline):
                     response = await self._client.request(
-                        method, url, params=_query(params), content=content, headers=send_headers
+                        method,
+                        url,
+                        params=_query(params),
+                        content=content,
+                        headers=send_headers,
+                        timeout=httpx.Timeout(deadline),
                     )
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 # Nothing reached the service, so even a write may be tried again.
@@ -167,7 +179,7 @@ class Downstream:
                 if idempotent and not last:
                     continue
                 self._count(service, method, "timeout")
-                raise ServiceTimeout(service, self._timeout_message(service, idempotent)) from None
+                raise ServiceTimeout(service, self._timeout_message(service, idempotent, deadline)) from None
             except httpx.TransportError as error:
                 if idempotent and not last:
                     await asyncio.sleep(0.1 * (attempt + 1))
@@ -211,11 +223,12 @@ class Downstream:
     def _count(self, service: str, method: str, outcome: str) -> None:
         self._calls.labels(service, method, outcome).inc()
 
-    def _timeout_message(self, service: str, idempotent: bool) -> str:
+    @staticmethod
+    def _timeout_message(service: str, idempotent: bool, deadline: float) -> str:
         if idempotent:
             return f"{service} did not answer in time; try again shortly"
         return (
-            f"{service} did not answer within {self._timeout:g}s; the change may or may not have been applied, "
+            f"{service} did not answer within {deadline:g}s; the change may or may not have been applied, "
             "check before trying again"
         )
 

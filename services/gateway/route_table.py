@@ -163,7 +163,7 @@ ROUTES: tuple[Route, ...] = (
     Route("models", "POST", "/models/clv/refit", ADMIN, SCORING, f"{I}/models/clv/refit",
           "Refit the CLV models now, optionally on the purchase history up to `as_of`",
           "Answers once the new parameters are in force, so a calibration / holdout split can be evaluated.",
-          body=s.RefitRequest, body_required=False, response=s.ModelView, before=f"{I}/models/clv"),
+          body=s.RefitRequest, body_required=False, response=s.ModelView, before=f"{I}/models/clv", slow=True),
     # --- reports ---
     Route("reports", "GET", "/reports/tiers", VIEWER, SCORING, f"{I}/reports/tiers",
           "Customers, net revenue and CLV per value tier", response=s.ReportView),

@@ -88,6 +88,9 @@ class Route:
     # fills in the API key's name there, so nobody can act under another name.
     actor: tuple[str, str] | None = None
     response_class: type[Response] | None = None  # for answers that are not JSON
+    # The service answers only after heavy work (a model refit over the whole population): bounded
+    # by the gateway's slow-call timeout instead of the everyday one.
+    slow: bool = False
 
     @property
     def public_path(self) -> str:
@@ -195,7 +198,13 @@ async def forward(gateway: Gateway, route: Route, request: Request, caller: Call
 
     def send() -> Awaitable[Reply]:
         return gateway.downstream.call(
-            route.method, route.service, target, params=params, body=body, idempotent=route.is_idempotent
+            route.method,
+            route.service,
+            target,
+            params=params,
+            body=body,
+            idempotent=route.is_idempotent,
+            slow=route.slow,
         )
 
     reply = await (_audited(gateway, route, request, caller, send) if caller and route.is_audited else send())

@@ -15,6 +15,9 @@ class GatewaySettings(ServiceSettings):
     outreach_url: str = "http://127.0.0.1:8003"
     ingest_url: str = "http://127.0.0.1:8001"
     downstream_timeout_seconds: float = Field(5.0, gt=0, description="per call to another service; then 504")
+    slow_downstream_timeout_seconds: float = Field(
+        120.0, gt=0, description="per call to a route that works before answering (CLV refit); then 504"
+    )
     downstream_retries: int = Field(2, ge=0, description="extra attempts for idempotent calls (GET)")
     admin_key: str | None = Field(
         None,

@@ -109,6 +109,26 @@ async def test_the_overall_deadline_holds_against_a_server_that_never_finishes()
     assert timed_out.value.message == "scoring did not answer in time; try again shortly"
 
 
+async def test_a_slow_route_gets_the_slow_timeout_and_others_keep_the_everyday_one() -> None:
+    async def refit(_request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3)  # longer than the everyday timeout, well within the slow one
+        return ok({"fitted": True})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(refit))
+    scoring = Downstream(client, {"scoring": "http://scoring"}, "t", retries=0, timeout=0.1, slow_timeout=5)
+    reply = await scoring.call("POST", "scoring", "/internal/v1/models/clv/refit", body={}, slow=True)
+    assert reply.json() == {"fitted": True}
+    with pytest.raises(ServiceTimeout) as timed_out:
+        await scoring.call("POST", "scoring", "/internal/v1/models/clv/refit", body={})
+    assert "did not answer within 0.1s" in timed_out.value.message
+
+
+def test_the_refit_route_is_the_slow_one() -> None:
+    from services.gateway.route_table import ROUTES
+
+    assert [r.path for r in ROUTES if r.slow] == ["/models/clv/refit"]
+
+
 async def test_client_errors_pass_through_as_the_service_phrased_them() -> None:
     problem = {"error": "invalid request", "problems": ["body.reason: Field required"]}
     reply = await downstream(Script(ok(problem, 422))).call("PUT", "scoring", "/tier-override", body={})
