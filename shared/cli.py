@@ -9,9 +9,22 @@ from pathlib import Path
 import typer
 
 from shared.db import create_engine, migrate
+from shared.dlq import DlqError, Filters, cli_list, cli_replay, parse_moment
+from shared.settings import ServiceSettings
 
 app = typer.Typer(help="Huitou: an event-driven customer-care engine.", no_args_is_help=True)
 SERVICES = ("ingest", "scoring", "outreach", "gateway")
+BOOTSTRAP_DEFAULT: str = ServiceSettings.model_fields["kafka_bootstrap_servers"].default
+TIMEOUT_DEFAULT: int = ServiceSettings.model_fields["kafka_request_timeout_ms"].default
+
+dlq_app = typer.Typer(
+    help=(
+        "Inspect huitou.dlq and replay dead letters to the topics they came from. Replaying is safe: "
+        "every consumer dedupes by event_id, so a replayed event that was in fact applied changes nothing."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
 
 
 @app.command()
@@ -85,6 +98,84 @@ def import_command(
             dry_run=dry_run,
             show_progress=progress,
             bootstrap_servers=bootstrap_servers,
+        )
+    )
+
+
+TopicOption = typer.Option([], "--topic", help="only dead letters from this topic (repeatable)")
+ServiceOption = typer.Option([], "--service", help="only dead letters of this service, e.g. scoring (repeatable)")
+SinceOption = typer.Option(None, help="only those that failed at or after this time (ISO 8601; no offset = UTC)")
+UntilOption = typer.Option(None, help="only those that failed before this time (ISO 8601; no offset = UTC)")
+BootstrapOption = typer.Option(BOOTSTRAP_DEFAULT, envvar="HUITOU_KAFKA_BOOTSTRAP_SERVERS", help="broker address")
+TimeoutOption = typer.Option(
+    TIMEOUT_DEFAULT, envvar="HUITOU_KAFKA_REQUEST_TIMEOUT_MS", help="how long to wait for the broker, in ms"
+)
+
+
+def _filters(topics: list[str], services: list[str], since: str | None, until: str | None) -> Filters:
+    try:
+        return Filters(
+            frozenset(topics), frozenset(services), parse_moment(since, "--since"), parse_moment(until, "--until")
+        )
+    except DlqError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+@dlq_app.command(
+    "list",
+    help=(
+        "What is in huitou.dlq: where each dead letter came from, why it failed, and whether it is "
+        "pending or handled (replayed, or passed over by a replay with --since)."
+    ),
+)
+def dlq_list(
+    topics: list[str] = TopicOption,
+    services: list[str] = ServiceOption,
+    since: str | None = SinceOption,
+    until: str | None = UntilOption,
+    pending: bool = typer.Option(False, "--pending", help="only those not replayed yet"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line, with the original value"),
+    bootstrap_servers: str = BootstrapOption,
+    request_timeout_ms: int = TimeoutOption,
+) -> None:
+    filters = _filters(topics, services, since, until)
+    raise typer.Exit(
+        cli_list(
+            bootstrap_servers, filters, pending_only=pending, as_json=as_json, request_timeout_ms=request_timeout_ms
+        )
+    )
+
+
+@dlq_app.command(
+    "replay",
+    help=(
+        "Republish pending dead letters to their original topic with their original key and headers (plus "
+        "huitou-replayed-from), once what made them fail is fixed.\n\n"
+        "Progress is committed per origin, to consumer group huitou-dlq-replay.<service>.<topic>, only after "
+        "the broker acknowledged the republished batch, so running it again resends nothing already replayed. "
+        "Run one replay at a time: two at once may resend the same dead letters (harmless: consumers dedupe "
+        "by event_id)."
+    ),
+)
+def dlq_replay(
+    topics: list[str] = TopicOption,
+    services: list[str] = ServiceOption,
+    since: str | None = typer.Option(
+        None,
+        help="pass over, for good, pending dead letters that failed before this time (ISO 8601; no offset = UTC)",
+    ),
+    until: str | None = typer.Option(
+        None, help="stop at the first dead letter that failed at or after this time; it and later ones stay pending"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show what would be replayed; publish and commit nothing"),
+    batch_size: int = typer.Option(100, min=1, help="dead letters republished per acknowledged batch"),
+    bootstrap_servers: str = BootstrapOption,
+    request_timeout_ms: int = TimeoutOption,
+) -> None:
+    filters = _filters(topics, services, since, until)
+    raise typer.Exit(
+        cli_replay(
+            bootstrap_servers, filters, dry_run=dry_run, batch_size=batch_size, request_timeout_ms=request_timeout_ms
         )
     )
 

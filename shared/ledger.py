@@ -3,16 +3,19 @@
 * ``processed_events``: the event ids a service has applied, written in the same transaction as
   the change the event caused, so a replay after a crash is recognised and skipped.
 * ``outbox``: downstream messages written in that same transaction and relayed to Kafka after
-  it commits, so a crash never loses or half-publishes what a change announced.
+  it commits, so a crash never loses or half-publishes what a change announced. A row keeps the
+  message's Kafka headers too (the ``traceparent`` that carries the cause's trace onward).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     Integer,
@@ -52,6 +55,8 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("key", String(200), nullable=True),
         Column("value", LargeBinary, nullable=False),
         Column("created_at", UTCDateTime(), nullable=False),
+        # [[name, base64 value], ...]; header values are bytes, and a JSON list keeps their order.
+        Column("headers", JSON(none_as_null=True), nullable=True),
     )
 
 
@@ -99,9 +104,24 @@ async def prune_processed_forever(
             pass
 
 
+def stored_headers(headers: tuple[tuple[str, bytes], ...]) -> list[list[str]] | None:
+    """Kafka headers in the outbox's JSON form (None when there are none, the common case)."""
+    return [[name, base64.b64encode(value).decode()] for name, value in headers] or None
+
+
+def loaded_headers(stored: list[list[str]] | None) -> tuple[tuple[str, bytes], ...]:
+    return tuple((name, base64.b64decode(value)) for name, value in stored or ())
+
+
 async def enqueue(session: AsyncSession, table: Table, message: Outgoing) -> None:
     await session.execute(
-        insert(table).values(topic=message.topic, key=message.key, value=message.value, created_at=datetime.now(UTC))
+        insert(table).values(
+            topic=message.topic,
+            key=message.key,
+            value=message.value,
+            headers=stored_headers(message.headers),
+            created_at=datetime.now(UTC),
+        )
     )
 
 
@@ -168,7 +188,7 @@ class OutboxRelay:
         async with self._sessions() as session, session.begin():
             rows = (
                 await session.execute(
-                    select(table.c.id, table.c.topic, table.c.key, table.c.value)
+                    select(table.c.id, table.c.topic, table.c.key, table.c.value, table.c.headers)
                     .order_by(table.c.id)
                     .limit(self._batch)
                     .with_for_update(skip_locked=True)
@@ -177,7 +197,9 @@ class OutboxRelay:
             if not rows:
                 self._metrics.outbox_backlog.labels(self._service).set(0)
                 return 0
-            await self._producer.publish_many([Outgoing(r.topic, r.key, r.value) for r in rows])
+            await self._producer.publish_many(
+                [Outgoing(r.topic, r.key, r.value, loaded_headers(r.headers)) for r in rows]
+            )
             await session.execute(delete(table).where(table.c.id.in_([r.id for r in rows])))
             for row in rows:
                 self._metrics.events_published.labels(self._service, row.topic).inc()

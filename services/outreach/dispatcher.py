@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from services.outreach.channels import (
     SendError,
     message_id,
 )
+from services.outreach.metrics import TouchCensus
 from services.outreach.planning import PlanCatalog
 from services.outreach.plans import OfferTerms
 from services.outreach.policy import (
@@ -65,6 +67,7 @@ from shared.db import transaction
 from shared.kafka import Outgoing
 from shared.ledger import OutboxRelay, enqueue
 from shared.observability import ServiceMetrics
+from shared.tracing import bound
 
 log = logging.getLogger("huitou.outreach.dispatcher")
 
@@ -115,6 +118,8 @@ class Dispatcher:
         self._adapters = dict(adapters)
         self._relay = relay
         self._metrics = DispatchMetrics(metrics)
+        self._census = TouchCensus(metrics)
+        self._census_due = float("-inf")
         self._clock = clock
         self._jitter = jitter
         self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
@@ -146,6 +151,7 @@ class Dispatcher:
             try:
                 await self.recover()
                 handled = await self.dispatch_once()
+                await self._take_census()
                 failures = 0
             except Exception:
                 failures += 1
@@ -170,6 +176,15 @@ class Dispatcher:
         async with self._write_lock, transaction(self._sessions) as session:
             yield session
 
+    async def _take_census(self) -> None:
+        """Refresh the touches-by-status gauges every 15 dispatcher intervals (15 s by default):
+        counting the whole table every round would cost more than the gauges are worth."""
+        if time.monotonic() < self._census_due:
+            return
+        async with self._sessions() as session:
+            await self._census.refresh(session, self._clock())
+        self._census_due = time.monotonic() + 15 * self._settings.dispatch_interval_seconds
+
     # --- claiming ---------------------------------------------------------------------------
 
     async def dispatch_once(self) -> int:
@@ -182,22 +197,19 @@ class Dispatcher:
             by_customer.setdefault(customer_id, []).append(touch_id)
         gate = asyncio.Semaphore(self._settings.dispatch_concurrency)
 
-        async def serve(touch_ids: list[str]) -> None:
+        async def serve(customer_id: str, touch_ids: list[str]) -> None:
             # One customer's touches in turn (highest priority first): caps see each send.
             async with gate:
                 for touch_id in touch_ids:
                     if self._stop.is_set():
                         return
-                    try:
-                        await self.process(touch_id)
-                    except Exception:
-                        log.exception(
-                            "dispatching touch %s failed; its lease will expire and it is retried",
-                            touch_id,
-                            extra={"touch_id": touch_id},
-                        )
+                    with bound(customer_id=customer_id, touch_id=touch_id):  # on every log line
+                        try:
+                            await self.process(touch_id)
+                        except Exception:
+                            log.exception("dispatching touch %s failed; its lease expires and it is retried", touch_id)
 
-        await asyncio.gather(*(serve(ids) for ids in by_customer.values()))
+        await asyncio.gather(*(serve(customer_id, ids) for customer_id, ids in by_customer.items()))
         return len(claimed)
 
     async def _claim(self) -> list[tuple[str, str]]:

@@ -176,7 +176,14 @@ async def apply_planned(
     if status == TouchStatus.SCHEDULED.value and planned.offer is not None and active is not None:
         planned, status, reason = await _offer(session, planned, active, settings, snapshot, now)
     touch_id = await repository.insert_touch(
-        session, planned, cause_event_id=cause_event_id, status=status, reason=reason, holdout=holdout, now=now
+        session,
+        planned,
+        cause_event_id=cause_event_id,
+        status=status,
+        reason=reason,
+        holdout=holdout,
+        now=now,
+        trace_id=trace_id,
     )
     messages: list[Outgoing] = []
     common: dict[str, Any] = {

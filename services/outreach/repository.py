@@ -36,6 +36,7 @@ from shared.contracts import (
 )
 from shared.kafka import Outgoing
 from shared.topics import TOUCHES
+from shared.tracing import kafka_headers
 
 PENDING_APPROVAL = "pending_approval"
 SENDING = "sending"
@@ -227,6 +228,7 @@ async def insert_touch(
     reason: str | None,
     holdout: bool,
     now: datetime,
+    trace_id: str | None = None,
 ) -> str:
     touch_id = touch_id_for(planned.idempotency_key)
     offer = planned.offer
@@ -250,6 +252,7 @@ async def insert_touch(
             context=planned.context,
             offer=offer.model_dump(mode="json") if offer else None,
             offer_value=offer.value if offer else None,
+            trace_id=trace_id,
             created_at=now,
             updated_at=now,
         )
@@ -349,7 +352,8 @@ def lifecycle_message(
     trace_id: str | None = None,
 ) -> Outgoing:
     """The huitou.touches message for one lifecycle step. Its id is derived from the touch and the
-    step, so a republished outbox row is recognised downstream."""
+    step, so a republished outbox row is recognised downstream; its ``traceparent`` header
+    carries the trace of the event that planned the touch."""
     message = TouchEvent(
         event_id=f"{touch_id}:{event_suffix or status.value}",
         customer_id=customer_id,
@@ -367,7 +371,7 @@ def lifecycle_message(
             revenue=revenue,
         ),
     )
-    return Outgoing(TOUCHES, customer_id, to_wire(message))
+    return Outgoing(TOUCHES, customer_id, to_wire(message), kafka_headers(trace_id))
 
 
 def touch_lifecycle(
@@ -390,6 +394,7 @@ def touch_lifecycle(
         due_at=touch["due_at"],
         reason=reason,
         revenue=revenue,
+        trace_id=touch.get("trace_id"),
     )
 
 

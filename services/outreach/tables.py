@@ -65,6 +65,8 @@ touches = Table(
     Column("converted_order_id", String(200)),
     Column("revenue", Money),
     Column("approved_by", String(200)),
+    # The trace of the event that planned the touch, carried by every lifecycle message of it.
+    Column("trace_id", String(64)),
     Index("ix_touches_status_due", "status", "due_at"),
     Index("ix_touches_customer_plan", "customer_id", "plan"),
 )

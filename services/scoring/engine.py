@@ -31,6 +31,7 @@ from shared.contracts import (
 from shared.kafka import Outgoing
 from shared.ledger import enqueue
 from shared.topics import CUSTOMERS
+from shared.tracing import kafka_headers
 
 
 def derived_event_id(kind: str, cause_event_id: str) -> str:
@@ -131,4 +132,5 @@ def announce(file: CustomerFile, announcement: Announcement, found: list[FieldCh
         trace_id=announcement.trace_id,
         payload=CustomerUpdatedPayload(version=file.version, cause=cause, snapshot=file.snapshot(), changes=found),
     )
-    return Outgoing(CUSTOMERS, file.customer_id, to_wire(update))
+    # The header carries the cause's trace onward, so outreach's touches join the same trace.
+    return Outgoing(CUSTOMERS, file.customer_id, to_wire(update), kafka_headers(announcement.trace_id))
