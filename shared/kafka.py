@@ -1,5 +1,5 @@
 """Kafka plumbing on aiokafka: a producer that only reports success on acks=all, a consumer loop
-that commits offsets only after the handler's database transaction, and the DLQ hand-off.
+that commits offsets only after the handler's database transactions, and the DLQ hand-off.
 
 The dev broker (Tansu) has no idempotent producer, and neither does an effectively-once design
 need one: producers may duplicate on retry, every consumer dedupes by ``event_id``.
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,6 +34,7 @@ from aiokafka.structs import RecordMetadata
 from shared.contracts import AnyEvent, ContractError, parse_event
 from shared.observability import ServiceMetrics
 from shared.topics import DLQ, TOPICS, TopicSpec
+from shared.tracing import bound, trace_id_from_headers
 
 log = logging.getLogger("huitou.kafka")
 
@@ -155,7 +159,26 @@ async def ensure_topics(bootstrap_servers: str, specs: Iterable[TopicSpec] = TOP
 
 
 Handler = Callable[[AnyEvent, ConsumerRecord[bytes, bytes]], Awaitable[None]]
+"""Applies one event in its own database transaction (and commits it) before returning."""
+
 TransientCheck = Callable[[BaseException], bool]
+
+
+@runtime_checkable
+class BatchHandler(Protocol):
+    """A handler that can apply several events in one database transaction.
+
+    ``transaction()`` opens a transaction and yields ``apply(event, record)``, which does one
+    event's work inside it (claiming its id first, so a replay is a no-op); the transaction
+    commits when the block exits cleanly and rolls back, with every claim, when it raises.
+    Anything the handler does only once the commit stuck (notifying its outbox relay, counting
+    duplicates) happens after the block. Calling the handler itself applies one event in a
+    transaction of its own.
+    """
+
+    def transaction(self) -> AbstractAsyncContextManager[Handler]: ...
+
+    async def __call__(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes]) -> None: ...
 
 
 def dead_letter(record: ConsumerRecord[bytes, bytes], error: str, service: str, group_id: str) -> Outgoing:
@@ -179,10 +202,50 @@ def dead_letter(record: ConsumerRecord[bytes, bytes], error: str, service: str, 
     return Outgoing(DLQ, key, json.dumps(body).encode(), tuple(record.headers or ()))
 
 
+@dataclass
+class _Progress:
+    """How far one batch transaction got: events begun, and events whose work completed."""
+
+    begun: int = 0
+    applied: int = 0
+
+
+class _Fetched:
+    """One partition's fetched records, parsed on first use (a run stops early when its
+    transaction's time budget is spent, so the rest is parsed only when its turn comes)."""
+
+    def __init__(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.records = records
+        self._parsed: dict[int, AnyEvent | ContractError] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def event(self, index: int) -> AnyEvent | ContractError:
+        if index not in self._parsed:
+            try:
+                self._parsed[index] = parse_event(self.records[index].value or b"")
+            except ContractError as error:
+                self._parsed[index] = error
+        return self._parsed[index]
+
+
+def _log_ids(event: AnyEvent, record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[None]:
+    """Every log line while ``event`` is applied names it, its customer and its trace."""
+    trace_id = trace_id_from_headers(record.headers) or event.trace_id
+    return bound(event_id=event.event_id, customer_id=event.customer_id, trace_id=trace_id)
+
+
 class ConsumerLoop:
-    """Consume, hand each event to ``handler`` (which commits its own DB transaction), then
-    commit offsets. Unparseable messages and messages that keep failing go to the DLQ;
-    transient failures (database or broker down) pause the partition's progress and retry."""
+    """Consume, apply events in database transactions, and commit offsets only after them.
+
+    With a :class:`BatchHandler`, consecutive records of a partition share one transaction (at
+    most ``transaction_records`` of them, closed once ``transaction_seconds`` are spent so locks
+    and latency stay short); a plain :data:`Handler` commits each event itself. Unparseable
+    messages and messages that keep failing go to the DLQ; transient failures (database or
+    broker down) pause the partition's progress and retry. A batch that fails for another reason
+    is re-applied one event per transaction, so only the culprit is retried and dead-lettered.
+    """
 
     def __init__(
         self,
@@ -196,19 +259,24 @@ class ConsumerLoop:
         service: str,
         is_transient: TransientCheck,
         max_attempts: int = 5,
-        max_batch: int = 500,
+        max_batch: int = 1000,
+        transaction_records: int = 500,
+        transaction_seconds: float = 0.2,
         backoff_cap_seconds: float = 15.0,
     ) -> None:
         self.topics = list(topics)
         self.group_id = group_id
         self._bootstrap = bootstrap_servers
         self._handler = handler
+        self._batches = handler if isinstance(handler, BatchHandler) else None
         self._producer = producer
         self._metrics = metrics
         self._service = service
         self._is_transient = is_transient
         self._max_attempts = max_attempts
         self._max_batch = max_batch
+        self._transaction_records = max(1, transaction_records)
+        self._transaction_seconds = transaction_seconds
         self._backoff_cap = backoff_cap_seconds
         self._stop = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -280,49 +348,119 @@ class ConsumerLoop:
     async def _process_partition_batch(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
     ) -> None:
-        done = None
-        for record in records:
-            if self._stop.is_set():
+        fetched = _Fetched(records)
+        position = 0
+        while position < len(fetched) and not self._stop.is_set():
+            settled = await self._settle_some(fetched, position)
+            if not settled:
                 break
-            if not await self._process(record):
+            position += settled
+            if not await self._commit(consumer, tp, records[position - 1].offset + 1):
                 break
-            done = record.offset
-        if done is None:
-            return
+        if position < len(fetched):
+            # Stopped part-way (shutdown, a transient failure, a lost partition): rewind so the
+            # rest is re-read — by this member, or by the partition's new owner from its commit.
+            with contextlib.suppress(IllegalStateError, KeyError):
+                consumer.seek(tp, records[position].offset)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> bool:
         try:
-            await consumer.commit({tp: done + 1})
+            await consumer.commit({tp: offset})
         except (CommitFailedError, IllegalStateError, KafkaConnectionError) as error:
             # The partition moved to another member (or the broker blinked). Its new owner
             # replays from the last committed offset and dedupes by event_id: nothing is lost.
             log.warning("offset commit for %s failed, will replay: %s", tp, error)
-        if done < records[-1].offset:
-            # Stopped part-way (shutdown or a transient failure): rewind so the rest is re-read.
-            consumer.seek(tp, done + 1)
+            return False
+        return True
 
-    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> bool:
-        """Handle one record; False means stop here and retry it later."""
-        try:
-            event = parse_event(record.value or b"")
-        except ContractError as error:
-            return await self._dead_letter(record, f"unparseable: {error}")
+    async def _settle_some(self, fetched: _Fetched, start: int) -> int:
+        """Apply or dead-letter records from ``start`` on; how many are settled (0: stop here)."""
+        event = fetched.event(start)
+        record = fetched.records[start]
+        if isinstance(event, ContractError):
+            return int(await self._dead_letter(record, f"unparseable: {event}"))
+        if self._batches is None:
+            return int(await self._process_alone(event, record))
+        return await self._process_batch(self._batches, fetched, start)
+
+    async def _process_batch(self, handler: BatchHandler, fetched: _Fetched, start: int) -> int:
         attempt = 0
         while not self._stop.is_set():
+            progress = _Progress()
             try:
-                await self._handler(event, record)
+                await self._one_transaction(handler, fetched, start, progress)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 attempt += 1
                 if self._is_transient(error):
                     log.warning(
-                        "transient failure on %s, retrying",
-                        event.event_id,
-                        extra={"event_id": event.event_id, "customer_id": event.customer_id, "error": repr(error)},
+                        "transient failure applying %d events, retrying the batch",
+                        progress.begun,
+                        extra={"error": repr(error)},
                     )
                     await self._sleep(self._backoff(attempt))
                     continue
+                # Something in the batch is wrong. Its events are re-applied one per transaction,
+                # so the good ones commit and only the culprit is retried and dead-lettered.
+                log.warning(
+                    "a batch of %d events failed, applying them one by one: %r",
+                    progress.begun,
+                    error,
+                    extra={"error": repr(error)},
+                )
+                return await self._process_one_by_one(fetched, start, max(progress.begun, 1))
+            self._metrics.events_consumed.labels(self._service, fetched.records[start].topic, "processed").inc(
+                progress.applied
+            )
+            return progress.applied
+        return 0
+
+    async def _one_transaction(self, handler: BatchHandler, fetched: _Fetched, start: int, progress: _Progress) -> None:
+        """Apply records from ``start`` in one transaction until the size or time budget is spent
+        or an unparseable record comes (it goes to the DLQ in a run of its own)."""
+        began = time.monotonic()
+        end = min(start + self._transaction_records, len(fetched))
+        async with handler.transaction() as apply:
+            for index in range(start, end):
+                event = fetched.event(index)
+                if isinstance(event, ContractError):
+                    break
+                record = fetched.records[index]
+                progress.begun += 1
+                with _log_ids(event, record):
+                    await apply(event, record)
+                progress.applied += 1
+                if self._stop.is_set() or time.monotonic() - began >= self._transaction_seconds:
+                    break
+
+    async def _process_one_by_one(self, fetched: _Fetched, start: int, count: int) -> int:
+        for index in range(start, start + count):
+            event = fetched.event(index)
+            assert not isinstance(event, ContractError), "a batch transaction never begins an unparseable record"
+            if not await self._process_alone(event, fetched.records[index]):
+                return index - start
+        return count
+
+    async def _process_alone(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Apply one event in its own transaction; False means stop here and retry it later."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                with _log_ids(event, record):
+                    await self._handler(event, record)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                attempt += 1
+                if self._is_transient(error):
+                    with _log_ids(event, record):
+                        log.warning("transient failure on %s, retrying", event.event_id, extra={"error": repr(error)})
+                    await self._sleep(self._backoff(attempt))
+                    continue
                 if attempt >= self._max_attempts:
-                    log.exception("giving up on %s after %d attempts", event.event_id, attempt)
+                    with _log_ids(event, record):
+                        log.exception("giving up on %s after %d attempts", event.event_id, attempt)
                     return await self._dead_letter(record, f"handler failed {attempt} times: {error!r}")
                 await self._sleep(self._backoff(attempt))
                 continue

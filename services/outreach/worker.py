@@ -1,6 +1,6 @@
-"""Outreach's consumer handler: one event from ``huitou.customers`` or ``huitou.events`` → one
-transaction that claims its id, updates what outreach holds and stores the touches it calls for,
-with their lifecycle messages in the outbox.
+"""Outreach's consumer handler: events from ``huitou.customers`` and ``huitou.events``, a run of
+them per transaction; each claims its id, updates what outreach holds and stores the touches it
+calls for, with their lifecycle messages in the outbox.
 
 * ``customer.updated``: keep the snapshot; plan event, change and calendar touches; attribute a
   purchase to the touches it converts.
@@ -15,6 +15,9 @@ touch, and intake-planned touches share their idempotency key with the later upd
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -42,6 +45,7 @@ from shared.ledger import OutboxRelay, claim_event, enqueue
 from shared.observability import ServiceMetrics
 
 HANDLED = (CustomerUpdatedEvent, CustomerErasedEvent, ConsentEvent, PurchaseEvent, InteractionEvent)
+Apply = Callable[[AnyEvent, ConsumerRecord[bytes, bytes] | None], Awaitable[None]]
 
 
 class OutreachHandler:
@@ -60,46 +64,65 @@ class OutreachHandler:
         self._settings = settings
         self._catalog = catalog
         self._defaults = planning_defaults(settings)
-        self.planned_total = 0
 
     async def __call__(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes] | None = None) -> None:
+        """Apply one event in a transaction of its own."""
+        async with self.transaction() as apply:
+            await apply(event, record)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Apply]:
+        """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`."""
+        catalog = await self._catalog.current()
+        outcome = _Outcome()
+        async with transaction(self._sessions) as session:
+
+            async def apply(event: AnyEvent, _record: ConsumerRecord[bytes, bytes] | None = None) -> None:
+                await self._apply(session, event, catalog.book, outcome)
+
+            yield apply
+        # Only now is the work durable: a rolled-back batch is retried, and counts nothing twice.
+        if outcome.duplicates:
+            self._metrics.duplicates_skipped.labels("outreach").inc(outcome.duplicates)
+        if outcome.queued:
+            self._relay.notify()
+
+    async def _apply(self, session: AsyncSession, event: AnyEvent, book: PlanBook, outcome: _Outcome) -> None:
+        """Claim the event, apply it, and put the messages it calls for in the outbox."""
         if not isinstance(event, HANDLED):
             return
-        catalog = await self._catalog.current()
+        if not await claim_event(session, processed_events, event.event_id):
+            outcome.duplicates += 1
+            return
         now = datetime.now(UTC)
         messages: list[Outgoing] = []
-        async with transaction(self._sessions) as session:
-            if not await claim_event(session, processed_events, event.event_id):
-                self._metrics.duplicates_skipped.labels("outreach").inc()
-                return
-            match event:
-                case CustomerUpdatedEvent():
-                    messages = await self._customer_updated(session, event, catalog.book, now)
-                case CustomerErasedEvent():
-                    await repository.erase_customer(session, event.customer_id, now)
-                case ConsentEvent(payload=consent):
-                    await repository.record_consent(
-                        session,
-                        event.customer_id,
-                        str(consent.channel),
-                        consent.purpose.value,
-                        consent.granted,
-                        event.occurred_at,
-                        "consent_event",
-                        event.event_id,
-                    )
-                case PurchaseEvent(payload=order):
-                    messages = await self._convert(
-                        session, event.customer_id, order.order_id, order.amount, event.occurred_at, now
-                    )
-                case InteractionEvent():
-                    snapshot = await repository.load_snapshot(session, event.customer_id)
-                    planned = plan_intake(event, snapshot, catalog.book, now=now, defaults=self._defaults)
-                    messages = await self._store(session, planned, event.event_id, catalog.book, now, event.trace_id)
-            for message in messages:
-                await enqueue(session, outbox, message)
-        if messages:
-            self._relay.notify()
+        match event:
+            case CustomerUpdatedEvent():
+                messages = await self._customer_updated(session, event, book, now)
+            case CustomerErasedEvent():
+                await repository.erase_customer(session, event.customer_id, now)
+            case ConsentEvent(payload=consent):
+                await repository.record_consent(
+                    session,
+                    event.customer_id,
+                    str(consent.channel),
+                    consent.purpose.value,
+                    consent.granted,
+                    event.occurred_at,
+                    "consent_event",
+                    event.event_id,
+                )
+            case PurchaseEvent(payload=order):
+                messages = await self._convert(
+                    session, event.customer_id, order.order_id, order.amount, event.occurred_at, now
+                )
+            case InteractionEvent():
+                snapshot = await repository.load_snapshot(session, event.customer_id)
+                planned = plan_intake(event, snapshot, book, now=now, defaults=self._defaults)
+                messages = await self._store(session, planned, event.event_id, book, now, event.trace_id)
+        for message in messages:
+            await enqueue(session, outbox, message)
+        outcome.queued |= bool(messages)
 
     async def _customer_updated(
         self, session: AsyncSession, event: CustomerUpdatedEvent, book: PlanBook, now: datetime
@@ -177,6 +200,13 @@ class OutreachHandler:
                 snapshot=snapshot,
                 trace_id=trace_id,
             )
-            self.planned_total += bool(produced)
             messages += produced
         return messages
+
+
+@dataclass
+class _Outcome:
+    """What a transaction did that matters only once it has committed."""
+
+    duplicates: int = 0
+    queued: bool = False

@@ -1,14 +1,18 @@
-"""Scoring's consumer handler: one intake event in, one customer-file transaction out.
+"""Scoring's consumer handler: intake events in, customer-file changes out, a run of events per
+transaction.
 
-The event claim, the file change, its scores, the history of what changed and the
-``customer.updated`` outbox row commit together; the consumer loop commits the Kafka offset only
-afterwards. A crash anywhere replays the event, and the claim makes the replay a no-op.
+For each event, the event claim, the file change, its scores, the history of what changed and the
+``customer.updated`` outbox row are written in the batch's transaction; they commit together, and
+the consumer loop commits the Kafka offsets only afterwards. A crash anywhere replays the events,
+and the claims make the replay a no-op.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -50,6 +54,7 @@ from shared.observability import ServiceMetrics
 log = logging.getLogger("huitou.scoring")
 
 IntakeEvent = IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent
+Apply = Callable[[AnyEvent, ConsumerRecord[bytes, bytes] | None], Awaitable[None]]
 
 __all__ = ["ScoringHandler", "cause_of", "derived_event_id", "fold"]
 
@@ -145,23 +150,49 @@ class ScoringHandler:
         self._clock = clock or Clock(settings.clock)
 
     async def __call__(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes] | None = None) -> None:
+        """Apply one event in a transaction of its own."""
+        async with self.transaction() as apply:
+            await apply(event, record)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Apply]:
+        """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`."""
+        outcome = _Outcome()
+        async with transaction(self._sessions) as session:
+
+            async def apply(event: AnyEvent, _record: ConsumerRecord[bytes, bytes] | None = None) -> None:
+                await self._apply(session, event, outcome)
+
+            yield apply
+        # Only now is the work durable: a rolled-back batch is retried, and counts nothing twice.
+        if outcome.duplicates:
+            self._metrics.duplicates_skipped.labels("scoring").inc(outcome.duplicates)
+        if outcome.queued:
+            self._relay.notify()
+
+    async def _apply(self, session: AsyncSession, event: AnyEvent, outcome: _Outcome) -> None:
         if not isinstance(event, IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent):
             return  # not ours to fold (e.g. touch lifecycle)
-        queued = False
-        async with transaction(self._sessions) as session:
-            if not await repository.claim(session, event.event_id, datetime.now(UTC)):
-                self._metrics.duplicates_skipped.labels("scoring").inc()
-                return
-            current = await repository.load_file(session, event.customer_id, for_update=True)
-            before = current or CustomerFile(event.customer_id)
-            orders = await repository.order_lines(session, event.customer_id) if before.totals.order_count else []
-            folded = await fold(session, before, event, orders)
-            if folded is None:
-                return
-            folded = folded.seen(event.occurred_at)
-            model = await self._models.current(session)
-            after, found = rescored(folded, orders, model, self._clock.for_file(folded), self._rules)
-            announcement = Announcement(cause_of(event), event.historical, event.trace_id)
-            queued = await commit(session, current, after, found, announcement)
-        if queued:
-            self._relay.notify()
+        if not await repository.claim(session, event.event_id, datetime.now(UTC)):
+            outcome.duplicates += 1
+            return
+        current = await repository.load_file(session, event.customer_id, for_update=True)
+        before = current or CustomerFile(event.customer_id)
+        orders = await repository.order_lines(session, event.customer_id) if before.totals.order_count else []
+        folded = await fold(session, before, event, orders)
+        if folded is None:
+            return
+        folded = folded.seen(event.occurred_at)
+        model = await self._models.current(session)
+        after, found = rescored(folded, orders, model, self._clock.for_file(folded), self._rules)
+        announcement = Announcement(cause_of(event), event.historical, event.trace_id)
+        if await commit(session, current, after, found, announcement):
+            outcome.queued = True
+
+
+@dataclass
+class _Outcome:
+    """What a transaction did that matters only once it has committed."""
+
+    duplicates: int = 0
+    queued: bool = False

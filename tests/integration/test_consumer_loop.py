@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -60,8 +61,8 @@ class Scoring:
             return await repository.load_file(session, customer_id)
 
 
-@pytest.fixture
-async def scoring(broker: Broker, database_url: str) -> AsyncIterator[Scoring]:
+@asynccontextmanager
+async def open_scoring(broker: Broker, database_url: str) -> AsyncIterator[Scoring]:
     engine = create_engine(database_url, "scoring")
     await migrate(engine, MIGRATIONS, "scoring")
     sessions = session_factory(engine)
@@ -77,6 +78,12 @@ async def scoring(broker: Broker, database_url: str) -> AsyncIterator[Scoring]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await producer.stop()
         await engine.dispose()
+
+
+@pytest.fixture
+async def scoring(broker: Broker, database_url: str) -> AsyncIterator[Scoring]:
+    async with open_scoring(broker, database_url) as wired:
+        yield wired
 
 
 def purchase(event_id: str, order_id: str, amount: str, customer_id: str = "c-1") -> PurchaseEvent:
