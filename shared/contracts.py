@@ -133,6 +133,9 @@ class PurchasePayload(Contract):
 
 class RefundPayload(Contract):
     order_id: Identifier
+    refund_id: Identifier | None = Field(
+        None, description="the shop's id for this refund: a refund resent under a new event id is then counted once"
+    )
     amount: Money
     currency: CurrencyCode = "CNY"
     reason: str | None = Field(None, max_length=500)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, type_coerce, update
@@ -291,16 +291,34 @@ async def record_order(
 _INSERT_ORDER = insert(orders)
 
 
+RefundBooking = Literal["booked", "unmatched", "duplicate"]
+
+
 async def record_refund(
     session: AsyncSession, customer_id: str, event_id: str, refund: RefundPayload, at: datetime
-) -> bool:
-    """Keep the refund as its own record and book it on its order; False if the order is not known
-    (yet): the caller keeps it aside until the order arrives."""
+) -> RefundBooking:
+    """Keep the refund as its own record and book it on its order.
+
+    ``unmatched``: the order is not known (yet), the caller keeps the refund aside until it
+    arrives. ``duplicate``: a refund with the same ``refund_id`` was booked before (resent under a
+    new event id), nothing is recorded.
+    """
+    if refund.refund_id is not None:
+        known = await session.scalar(
+            select(refunds.c.event_id).where(
+                refunds.c.customer_id == customer_id,
+                refunds.c.order_id == refund.order_id,
+                refunds.c.refund_id == refund.refund_id,
+            )
+        )
+        if known is not None:
+            return "duplicate"
     await session.execute(
         insert(refunds).values(
             customer_id=customer_id,
             event_id=event_id,
             order_id=refund.order_id,
+            refund_id=refund.refund_id,
             amount=refund.amount,
             reason=refund.reason,
             occurred_at=at,
@@ -311,7 +329,7 @@ async def record_refund(
         .where(orders.c.customer_id == customer_id, orders.c.order_id == refund.order_id)
         .values(refunded=orders.c.refunded + refund.amount)
     )
-    return bool(getattr(result, "rowcount", 0))
+    return "booked" if getattr(result, "rowcount", 0) else "unmatched"
 
 
 _ORDER_LINES = select(

@@ -86,10 +86,13 @@ refunds = Table(
     Column("customer_id", String(200), primary_key=True),
     Column("event_id", String(200), primary_key=True),
     Column("order_id", String(200), nullable=False),
+    Column("refund_id", String(200), nullable=True),
     Column("amount", Money, nullable=False),
     Column("reason", String(500)),
     Column("occurred_at", UTCDateTime, nullable=False),
     Index("ix_refunds_customer_order", "customer_id", "order_id"),
+    # A shop's refund id is counted once however often it is resent (NULLs never collide).
+    Index("uq_refunds_refund_id", "customer_id", "order_id", "refund_id", unique=True),
 )
 
 referrals = Table(

@@ -90,7 +90,10 @@ async def fold(
             )
         case RefundEvent(payload=refund):
             unmatched = dict(file.unmatched_refunds)
-            if await repository.record_refund(session, file.customer_id, event.event_id, refund, at):
+            booking = await repository.record_refund(session, file.customer_id, event.event_id, refund, at)
+            if booking == "duplicate":  # the same refund resent under a new event id: nothing to count
+                return None
+            if booking == "booked":
                 orders[:] = [
                     replace(line, refunded=line.refunded + refund.amount) if line.order_id == refund.order_id else line
                     for line in orders
