@@ -30,6 +30,7 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     metrics: ServiceMetrics
     producer: EventProducer | None = None
+    producer_started: asyncio.Task[Any] | None = None  # ends once the producer reached the broker
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
@@ -78,7 +79,7 @@ async def open_runtime(
             request_timeout_ms=settings.kafka_request_timeout_ms,
             client_id=f"huitou-{settings.service_name}",
         )
-        runtime.spawn(runtime.producer.start_when_reachable(runtime.stop), "producer-start")
+        runtime.producer_started = runtime.spawn(runtime.producer.start_when_reachable(runtime.stop), "producer-start")
     return runtime
 
 

@@ -69,11 +69,30 @@ class MetricsMiddleware:
             self.metrics.http_latency.labels(self.service, method, template).observe(time.perf_counter() - started)
 
 
+async def _verdict(check: ReadinessCheck, timeout: float) -> str:
+    try:
+        await asyncio.wait_for(check(), timeout)
+    except Exception as error:
+        return f"failing: {error!r}"[:300]
+    return "ok"
+
+
 def install_common(
-    app: FastAPI, *, service: str, metrics: ServiceMetrics, readiness: dict[str, ReadinessCheck]
+    app: FastAPI,
+    *,
+    service: str,
+    metrics: ServiceMetrics,
+    readiness: dict[str, ReadinessCheck],
+    reported: dict[str, ReadinessCheck] | None = None,
 ) -> None:
-    """/healthz, /readyz, /metrics and error bodies that tell the caller what to fix."""
+    """/healthz, /readyz, /metrics and error bodies that tell the caller what to fix.
+
+    ``readiness`` checks gate /readyz; ``reported`` ones are shown in its body under
+    ``not_gating`` but do not take the pod out of its Service (ingest's broker: while it is down,
+    intake must stay reachable to answer 503 with Retry-After, which clients retry).
+    """
     app.add_middleware(MetricsMiddleware, metrics=metrics, service=service)
+    shown = reported if reported is not None else {}
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -81,18 +100,16 @@ def install_common(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
-        checks: dict[str, str] = {}
-        for name, check in readiness.items():
-            try:
-                await asyncio.wait_for(check(), 3)
-                checks[name] = "ok"
-            except Exception as error:
-                checks[name] = f"failing: {error!r}"[:300]
+        # Concurrently, each bounded: a hung dependency must not hold the answer past the probe's timeout.
+        gating, extra = dict(readiness), dict(shown)
+        verdicts = await asyncio.gather(*(_verdict(check, 3) for check in [*gating.values(), *extra.values()]))
+        results = dict(zip([*gating, *extra], verdicts, strict=True))
+        checks = {name: results[name] for name in gating}
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "service": service, "checks": checks},
-            status_code=200 if ready else 503,
-        )
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "service": service, "checks": checks}
+        if extra:
+            body["not_gating"] = {name: results[name] for name in extra}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -10,7 +10,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -29,8 +28,8 @@ from shared.db import create_engine, migrate
 from shared.kafka import BrokerUnavailable
 from shared.keys import new_key
 from shared.observability import ServiceMetrics, configure_logging
-from shared.runtime import open_runtime
-from shared.service import install_common
+from shared.runtime import Runtime, open_runtime
+from shared.service import ReadinessCheck, install_common
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("huitou.ingest")
@@ -71,6 +70,16 @@ def install_refusals(app: FastAPI, settings: IngestSettings, metrics: IntakeMetr
         )
 
 
+async def _await_producer(runtime: Runtime, seconds: float) -> None:
+    """Give the broker a moment at start-up: /readyz does not wait for it, so without this a
+    normal boot would answer its first requests 503. A broker still down after ``seconds`` is
+    an outage like any other: ingest serves, and intake answers 503 until it is back."""
+    if runtime.producer_started is not None:
+        await asyncio.wait([runtime.producer_started], timeout=seconds)
+    if runtime.producer is None or not runtime.producer.ready:
+        log.warning("broker not reachable at start-up; intake answers 503 until it is")
+
+
 async def _prune_periodically(dedupe: DedupeWindow, settings: IngestSettings, stop: asyncio.Event) -> None:
     while not stop.is_set():
         with suppress(TimeoutError):
@@ -89,7 +98,10 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     budget = InFlightBudget(settings.max_in_flight_events, settings.max_in_flight_bytes)
     intake_metrics = IntakeMetrics(metrics, budget)
-    readiness: dict[str, Any] = {}
+    # Ready when what ingest needs to answer correctly works: its database (write keys, the dedupe
+    # window). The broker is shown but does not gate: during an outage intake answers 503.
+    readiness: dict[str, ReadinessCheck] = {}
+    reported: dict[str, ReadinessCheck] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,7 +117,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         await dedupe.prune()
         runtime.spawn(_prune_periodically(dedupe, settings, runtime.stop), "dedupe-prune")
         runtime.spawn(dedupe.run_writer(runtime.stop), "dedupe-writer")
-        readiness.update(runtime.readiness())
+        checks = runtime.readiness()
+        reported["broker"] = checks.pop("broker")
+        readiness.update(checks)
         app.state.runtime = runtime
         app.state.sources = sources
         assert runtime.producer is not None
@@ -115,6 +129,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             linger_seconds=settings.publish_linger_ms / 1000,
         )
         app.state.pipeline = IntakePipeline(publisher, dedupe, intake_metrics)
+        await _await_producer(runtime, settings.kafka_request_timeout_ms / 1000)
         try:
             yield
         finally:
@@ -129,7 +144,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.budget = budget
-    install_common(app, service="ingest", metrics=metrics, readiness=readiness)
+    install_common(app, service="ingest", metrics=metrics, readiness=readiness, reported=reported)
     install_refusals(app, settings, intake_metrics)
     # Browsers (analytics.js) post cross-origin; write keys are public there by Segment's design.
     app.add_middleware(

@@ -42,10 +42,11 @@ from rich.progress import Progress as RichProgress
 from rich.text import Text
 
 from services.ingest.intake import Candidate, MappingError, validate
-from services.ingest.publisher import BatchPublisher
-from shared.contracts import IntakeEvent, to_wire
+from services.ingest.publisher import BatchPublisher, event_records
+from shared.contracts import IntakeEvent
 from shared.kafka import BrokerUnavailable, EventProducer
 from shared.topics import EVENTS
+from shared.tracing import new_trace_id
 
 FIELDS = (
     "event_id",
@@ -403,6 +404,7 @@ class ImportReport:
     resumed_from_line: int
     rejects: Path
     checkpoint: Path
+    trace_id: str
 
     @property
     def rate(self) -> float:
@@ -461,6 +463,9 @@ async def run_import(options: ImportOptions, publish: Publish | None, progress: 
     validate_options(options)
     state = start_checkpoint(options)
     resumed_from = state.line
+    # One trace per run: history has no request to inherit one from, and a run is the unit an
+    # operator follows (its rows' log lines downstream, a resumed run as a trace of its own).
+    trace_id = new_trace_id()
     started = time.monotonic()
     spec = preset(options.format, options.spec)
     renames = renames_for(spec)
@@ -481,14 +486,14 @@ async def run_import(options: ImportOptions, publish: Publish | None, progress: 
             else:
                 state.rejected += 1
             if len(batch) >= options.batch_size:
-                await _flush(batch, row, state, options, publish, rejects)
+                await _flush(batch, row, state, options, publish, rejects, trace_id)
                 batch = []
                 if progress:
                     progress(state)
         else:
             state.finished = True
         if last_row is not None:
-            await _flush(batch, last_row, state, options, publish, rejects)
+            await _flush(batch, last_row, state, options, publish, rejects, trace_id)
         elif state.finished:
             state.save(options.checkpoint_path)
     if state.finished:
@@ -504,6 +509,7 @@ async def run_import(options: ImportOptions, publish: Publish | None, progress: 
         resumed_from_line=resumed_from,
         rejects=options.rejects_path,
         checkpoint=options.checkpoint_path,
+        trace_id=trace_id,
     )
 
 
@@ -534,9 +540,11 @@ async def _flush(
     options: ImportOptions,
     publish: Publish | None,
     rejects: IO[bytes],
+    trace_id: str,
 ) -> None:
     """Validate, publish (acks=all) and only then advance the checkpoint past ``last``."""
-    verdicts = validate([c for _, c in batch], source=options.source, received_at=datetime.now(UTC))
+    candidates = [c for _, c in batch]
+    verdicts = validate(candidates, source=options.source, received_at=datetime.now(UTC), trace_id=trace_id)
     rows_by_line = {row.line: row for row, _ in batch}
     for rejection in verdicts.rejected:
         _reject(rejects, rows_by_line[rejection.index], rejection.problems)
@@ -572,7 +580,7 @@ async def kafka_publisher(bootstrap_servers: str, request_timeout_ms: int = 3000
     batches = BatchPublisher(producer, timeout_seconds=request_timeout_ms / 1000 + 1, linger_seconds=0)
 
     async def publish(events: list[IntakeEvent]) -> None:
-        await batches.publish(EVENTS, [(e.customer_id, to_wire(e)) for e in events])
+        await batches.publish(EVENTS, event_records(events))
 
     try:
         yield publish
@@ -702,6 +710,8 @@ def _print_report(console: Console, report: ImportReport, dry_run: bool) -> None
         f"{report.rows:,} rows read in {report.seconds:.1f} s ({report.rate:,.0f} rows/s){where}; "
         f"in total {report.accepted:,} {verb}, {report.rejected:,} rejected"
     )
+    if report.rows and not dry_run:
+        console.print(f"trace id of this run (events without one of their own): {report.trace_id}")
     if report.rejected:
         console.print(f"rejected rows and why: {report.rejects}")
     if not report.finished:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
 from services.ingest.intake import Candidate, MappingError
 from shared.contracts import INTAKE_TYPES
+from shared.tracing import parse_traceparent
 
 SPEC_VERSION = "1.0"
 STRUCTURED = "application/cloudevents+json"
@@ -39,7 +39,6 @@ _RENAMES = (
     ("trace_id", "traceparent"),
     ("payload", "data"),
 )
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 def huitou_type(ce_type: str) -> str | None:
@@ -145,7 +144,5 @@ def _boolean(value: Any) -> bool | None:
 
 
 def _trace_id(traceparent: Any) -> str | None:
-    if not isinstance(traceparent, str):
-        return None
-    match = _TRACEPARENT.match(traceparent.strip())
-    return match.group(1) if match else None
+    # Malformed (or all-zero) is as good as absent: the request's trace applies (W3C: restart).
+    return parse_traceparent(traceparent) if isinstance(traceparent, str) else None

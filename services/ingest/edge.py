@@ -17,6 +17,7 @@ from services.ingest.budget import Hold, InFlightBudget
 from services.ingest.pipeline import IntakePipeline
 from services.ingest.repository import Source, SourceStore
 from services.ingest.settings import IngestSettings
+from shared.tracing import new_trace_id, trace_id_from_headers
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="huitou-ingest"'}
 
@@ -85,6 +86,13 @@ def parse_json(body: bytes) -> Any:
         return from_json(body, allow_inf_nan=False)
     except ValueError as error:
         raise refusal(400, f"body is not valid JSON: {error}", code="invalid_json") from None
+
+
+def request_trace(request: Request) -> str:
+    """The trace this request belongs to: the caller's ``traceparent``, else a new one. A
+    malformed ``traceparent`` is not the caller's error: W3C trace context says to restart the
+    trace, so it is ignored rather than refused."""
+    return trace_id_from_headers(request.headers) or new_trace_id()
 
 
 def presented_key(request: Request) -> str | None:

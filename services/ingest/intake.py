@@ -111,21 +111,31 @@ def native_candidates(
     return candidates, rejected
 
 
-def validate(candidates: Iterable[Candidate], *, source: str, received_at: datetime) -> Verdicts:
+def validate(
+    candidates: Iterable[Candidate], *, source: str, received_at: datetime, trace_id: str | None = None
+) -> Verdicts:
     """Validate each candidate on its own: one bad event never sinks its neighbours.
 
     ``source`` and ``received_at`` are ours to set (from the write key and the clock), so any
-    value the client sent for them is replaced rather than trusted.
+    value the client sent for them is replaced rather than trusted. ``trace_id`` (the request's
+    trace) goes to the events that carry none of their own.
     """
     verdicts = Verdicts()
-    stamp = {"source": source, "received_at": received_at.isoformat()}
+    valid, indexes, rejected = verdicts.valid, verdicts.indexes, verdicts.rejected
     for candidate in candidates:
+        # Stamped in place: a candidate's dict is built for this request alone, and copying
+        # every event's dict cost more than the stamps themselves.
+        data = candidate.data
+        data["source"] = source
+        data["received_at"] = received_at
+        if trace_id is not None and data.get("trace_id") in (None, ""):
+            data["trace_id"] = trace_id
         try:
-            event = parse_intake({**candidate.data, **stamp})
+            event = parse_intake(data)
         except ContractError as error:
             problems = candidate.explain(error.problems)
-            verdicts.rejected.append(Rejection(candidate.index, caller_id(candidate.data), problems))
+            rejected.append(Rejection(candidate.index, caller_id(data), problems))
             continue
-        verdicts.valid.append(event)
-        verdicts.indexes.append(candidate.index)
+        valid.append(event)
+        indexes.append(candidate.index)
     return verdicts

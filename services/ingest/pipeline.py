@@ -15,9 +15,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.ingest.intake import Candidate, Rejection, validate
 from services.ingest.metrics import IntakeMetrics
-from services.ingest.publisher import BatchPublisher
+from services.ingest.publisher import BatchPublisher, event_records
 from services.ingest.repository import DedupeWindow
-from shared.contracts import IntakeEvent, to_wire
+from shared.contracts import IntakeEvent
 from shared.kafka import BrokerUnavailable
 from shared.topics import EVENTS
 
@@ -57,10 +57,13 @@ class IntakePipeline:
         source: str,
         received_at: datetime,
         interface: str,
+        trace_id: str | None = None,
     ) -> Outcome:
         """Raises BrokerUnavailable when the broker did not acknowledge every fresh event: then
-        nothing from the request is accepted and no id is remembered, so the retry is fresh."""
-        verdicts = validate(candidates, source=source, received_at=received_at)
+        nothing from the request is accepted and no id is remembered, so the retry is fresh.
+
+        ``trace_id`` is the request's trace: events without a trace of their own join it."""
+        verdicts = validate(candidates, source=source, received_at=received_at, trace_id=trace_id)
         outcome = Outcome(rejected=sorted([*rejected, *verdicts.rejected], key=lambda r: r.index))
         fresh, outcome.duplicates = await self._split_duplicates(verdicts.valid)
         try:
@@ -96,8 +99,7 @@ class IntakePipeline:
     async def _publish(self, events: list[IntakeEvent]) -> None:
         if not events:
             return
-        # Keyed by customer id: one customer's events share a partition, so their order holds.
-        await self._publisher.publish(self._topic, [(e.customer_id, to_wire(e)) for e in events])
+        await self._publisher.publish(self._topic, event_records(events))
         self._metrics.shared.events_published.labels("ingest", self._topic).inc(len(events))
 
     def _count(self, interface: str, outcome: Outcome) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -22,10 +22,31 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
+from shared.contracts import IntakeEvent, to_wire
 from shared.kafka import BrokerUnavailable, EventProducer
+from shared.tracing import kafka_headers
 
 log = logging.getLogger("huitou.ingest")
-Record = tuple[str, bytes]  # (key, value)
+Headers = list[tuple[str, bytes]]  # a list: aiokafka's C batch builder accepts no other sequence
+Record = tuple[str, bytes, Headers]  # (key, value, headers)
+
+
+def event_records(events: Iterable[IntakeEvent]) -> list[Record]:
+    """Each event as a record: keyed by customer id (one customer's events share a partition, so
+    their order holds), its wire form, and a ``traceparent`` header carrying its trace id.
+
+    Events that share a trace (those of one request) share one header: publishing them is one
+    hop, so one span of ingest's — and one header instead of a fresh span id per record.
+    """
+    headers_by_trace: dict[str | None, Headers] = {}
+    records: list[Record] = []
+    for event in events:
+        trace_id = event.trace_id
+        headers = headers_by_trace.get(trace_id)
+        if headers is None:
+            headers = headers_by_trace[trace_id] = list(kafka_headers(trace_id))
+        records.append((event.customer_id, to_wire(event), headers))
+    return records
 
 
 @dataclass
@@ -49,7 +70,8 @@ class BatchPublisher:
         self._pending: list[_Request] = []
         self._flusher: asyncio.Task[None] | None = None
         self._partitioner = DefaultPartitioner()
-        self._partition_cache: dict[tuple[str, int], int] = {}
+        # (topic, partition count) → key → partition: customers recur, murmur2 in Python does not pay
+        self._partition_cache: dict[tuple[str, int], dict[str, int]] = {}
 
     async def publish(self, topic: str, records: Sequence[Record]) -> None:
         """Return once the broker acknowledged every record (acks=all); else BrokerUnavailable."""
@@ -93,21 +115,31 @@ class BatchPublisher:
     async def _send(
         self, client: AIOKafkaProducer, group: list[_Request]
     ) -> list[tuple[asyncio.Future[RecordMetadata], _Batch]]:
-        by_partition: dict[tuple[str, int], list[tuple[int, bytes, bytes]]] = {}
+        # Per-record work is kept to dictionary lookups: this runs for every event ingest accepts.
+        by_partition: dict[tuple[str, int], list[tuple[int, Record]]] = {}
         for position, request in enumerate(group):
-            partitions = sorted(await client.partitions_for(request.topic))
-            for key, value in request.records:
-                encoded = key.encode()
-                partition = self._partition(encoded, key, partitions)
-                by_partition.setdefault((request.topic, partition), []).append((position, encoded, value))
+            topic = request.topic
+            partitions = sorted(await client.partitions_for(topic))
+            known = self._known_partitions(topic, partitions)
+            slots: dict[int, list[tuple[int, Record]]] = {}
+            for record in request.records:
+                key = record[0]
+                partition = known.get(key)
+                if partition is None:
+                    partition = known[key] = self._partitioner(key.encode(), partitions, partitions)
+                slot = slots.get(partition)
+                if slot is None:
+                    slot = slots[partition] = by_partition.setdefault((topic, partition), [])
+                slot.append((position, record))
         sent: list[tuple[asyncio.Future[RecordMetadata], _Batch]] = []
         for (topic, partition), records in by_partition.items():
             builder, batch = client.create_batch(), _Batch()
-            for position, encoded_key, value in records:
-                if builder.append(key=encoded_key, value=value, timestamp=None) is None:  # full: send, start another
+            for position, (key, value, headers) in records:
+                if builder.append(key=key.encode(), value=value, timestamp=None, headers=headers) is None:
+                    # Full: send it and start another.
                     sent.append((await self._submit(client, builder, topic, partition, batch, group), batch))
                     builder, batch = client.create_batch(), _Batch()
-                    builder.append(key=encoded_key, value=value, timestamp=None)
+                    builder.append(key=key.encode(), value=value, timestamp=None, headers=headers)
                 batch.owners.add(position)
             sent.append((await self._submit(client, builder, topic, partition, batch, group), batch))
         return sent
@@ -126,14 +158,11 @@ class BatchPublisher:
         future: asyncio.Future[RecordMetadata] = await client.send_batch(builder, topic, partition=partition)
         return future
 
-    def _partition(self, encoded: bytes, key: str, partitions: list[int]) -> int:
-        cached = self._partition_cache.get((key, len(partitions)))
-        if cached is None:
-            if len(self._partition_cache) > 100_000:
-                self._partition_cache.clear()
-            cached = self._partitioner(encoded, partitions, partitions)
-            self._partition_cache[(key, len(partitions))] = cached
-        return cached
+    def _known_partitions(self, topic: str, partitions: list[int]) -> dict[str, int]:
+        known = self._partition_cache.get((topic, len(partitions)))
+        if known is None or len(known) > 100_000:  # bounded: start afresh rather than grow forever
+            known = self._partition_cache[(topic, len(partitions))] = {}
+        return known
 
     @staticmethod
     def _acknowledged(future: asyncio.Future[RecordMetadata], batch: _Batch, group: list[_Request]) -> None:

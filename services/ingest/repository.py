@@ -84,6 +84,7 @@ class DedupeWindow:
         self._sessions = sessions
         self._window = window
         self._unwritten: dict[str, datetime] = {}  # insertion-ordered: oldest first
+        self._latest = datetime.min.replace(tzinfo=UTC)  # the latest time in _unwritten
         self._max_unwritten = max_unwritten
         self._wake = asyncio.Event()
         self._lookups: list[tuple[list[str], asyncio.Future[set[str]]]] = []
@@ -133,8 +134,10 @@ class DedupeWindow:
     def remember(self, ids: Sequence[str]) -> None:
         """Record accepted ids (written shortly by ``run_writer``)."""
         now = datetime.now(UTC)
+        self._latest = max(self._latest, now)
+        unwritten = self._unwritten
         for event_id in ids:
-            self._unwritten.setdefault(event_id, now)
+            unwritten.setdefault(event_id, now)
         while len(self._unwritten) > self._max_unwritten:
             # The database is unreachable for long: forget the oldest rather than grow forever.
             self._unwritten.pop(next(iter(self._unwritten)))
@@ -171,17 +174,23 @@ class DedupeWindow:
         batch = list(itertools.islice(self._unwritten.items(), 5000))
         if not batch:
             return
-        # One time for the batch, the latest: an id is then remembered at least the whole window.
-        accepted_at = max(at for _, at in batch)
+        # One time for the batch, no earlier than any of its ids': each is then remembered at
+        # least the whole window (and at most the moments between batches longer).
+        accepted_at = self._latest
+        ids = [event_id for event_id, _ in batch]
         async with self._sessions() as session, session.begin():
             sql = _SQL[_dialect(session)]
-            for start in range(0, len(batch), _CHUNK):
-                ids = [event_id for event_id, _ in batch[start : start + _CHUNK]]
+            for start in range(0, len(ids), _CHUNK):
                 # ON CONFLICT DO NOTHING: another replica may have written some of them first.
-                await session.execute(sql.remember, {"ids": sql.ids(ids), "accepted_at": accepted_at})
+                await session.execute(
+                    sql.remember, {"ids": sql.ids(ids[start : start + _CHUNK]), "accepted_at": accepted_at}
+                )
+        unwritten = self._unwritten
         for event_id, at in batch:
-            if self._unwritten.get(event_id) == at:
-                del self._unwritten[event_id]
+            # Identity: remember() stores one time object per call, and a written id that was
+            # forgotten and accepted again since carries a new one — that entry stays.
+            if unwritten.get(event_id) is at:
+                del unwritten[event_id]
 
     async def prune(self) -> int:
         async with self._sessions() as session, session.begin():

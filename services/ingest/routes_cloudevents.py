@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.ingest import cloudevents
-from services.ingest.edge import Intake, is_json_type, media_type, refusal
+from services.ingest.edge import Intake, is_json_type, media_type, refusal, request_trace
 from services.ingest.intake import Candidate, MappingError, Rejection, caller_id, item_sizes, oversize
 from services.ingest.routes_native import SECURITY
 from services.ingest.schemas import REFS, IntakeResult, errors
@@ -41,6 +41,7 @@ _BODY = {
 )
 async def post_cloudevents(request: Request) -> JSONResponse:
     received_at = datetime.now(UTC)
+    trace_id = request_trace(request)
     intake = Intake(request)
     source = await intake.source_from_header(request)
     limit = intake.settings.max_event_bytes
@@ -69,7 +70,7 @@ async def post_cloudevents(request: Request) -> JSONResponse:
             except MappingError as error:
                 rejected.append(Rejection(index, caller_id(item, "id") or request.headers.get("ce-id"), error.problems))
         outcome = await intake.pipeline.submit(
-            candidates, rejected, source=source, received_at=received_at, interface="cloudevents"
+            candidates, rejected, source=source, received_at=received_at, interface="cloudevents", trace_id=trace_id
         )
     body = {"accepted": outcome.accepted, "duplicates": outcome.duplicates, "rejected": outcome.rejected_json()}
     if outcome.nothing_valid:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.ingest.edge import Intake, is_json_type, refusal
+from services.ingest.edge import Intake, is_json_type, refusal, request_trace
 from services.ingest.intake import item_sizes, native_candidates
 from services.ingest.schemas import IntakeResult, errors, json_body
 
@@ -26,6 +26,7 @@ SECURITY: dict[str, Any] = {"security": [{"writeKey": []}, {"writeKeyBearer": []
 )
 async def post_events(request: Request) -> JSONResponse:
     received_at = datetime.now(UTC)
+    trace_id = request_trace(request)
     intake = Intake(request)
     source = await intake.source_from_header(request)
     limit = intake.settings.max_event_bytes
@@ -37,7 +38,7 @@ async def post_events(request: Request) -> JSONResponse:
         hold.grow(len(items), 0)
         candidates, rejected = native_candidates(items, item_sizes(items, size, limit), limit)
         outcome = await intake.pipeline.submit(
-            candidates, rejected, source=source, received_at=received_at, interface="native"
+            candidates, rejected, source=source, received_at=received_at, interface="native", trace_id=trace_id
         )
     body = {"accepted": outcome.accepted, "duplicates": outcome.duplicates, "rejected": outcome.rejected_json()}
     if outcome.nothing_valid:

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.ingest.edge import Intake, authenticate, is_json_type, presented_key, refusal
+from services.ingest.edge import Intake, authenticate, is_json_type, presented_key, refusal, request_trace
 from services.ingest.intake import item_sizes
 from services.ingest.routes_native import SECURITY
 from services.ingest.schemas import SegmentResult, errors, json_body
@@ -33,6 +33,7 @@ def _accepts(content_type: str) -> bool:
 
 async def segment_intake(request: Request, *, call: str | None, historical: bool = False) -> JSONResponse:
     received_at = datetime.now(UTC)
+    trace_id = request_trace(request)
     intake = Intake(request)
     settings = intake.settings
     header_key = presented_key(request)
@@ -59,7 +60,7 @@ async def segment_intake(request: Request, *, call: str | None, historical: bool
         sizes = item_sizes(messages, size, settings.max_event_bytes) if call is None else [0]
         candidates, rejected = map_batch(messages, sizes, context, settings.max_event_bytes, call=call)
         outcome = await intake.pipeline.submit(
-            candidates, rejected, source=source.name, received_at=received_at, interface="segment"
+            candidates, rejected, source=source.name, received_at=received_at, interface="segment", trace_id=trace_id
         )
     body: dict[str, Any] = {
         "accepted": outcome.accepted,

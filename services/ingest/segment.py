@@ -131,7 +131,7 @@ def map_message(message: Any, index: int, context: SegmentContext, *, call: str 
     envelope = {
         "event_id": event_id,
         "customer_id": customer_id,
-        "occurred_at": occurred_at.isoformat(),
+        "occurred_at": occurred_at,  # the datetime itself: validation need not parse it back from text
         "historical": context.historical,
     }
     renames = _COMMON_RENAMES + _RENAMES.get(event_type, ())

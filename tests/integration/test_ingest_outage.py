@@ -104,6 +104,7 @@ async def test_no_2xx_for_events_that_are_not_in_kafka(ingest, proxied: ProxiedB
         await proxied.proxy.cut()
         refused_before = traffic.refused
         await eventually(_refusals(traffic, refused_before + 5), timeout=30, what="503s while the broker is down")
+        await _stays_ready_reporting_the_broker(client)
         acknowledged_while_down = len(traffic.acknowledged)
         await asyncio.sleep(0.5)  # let in-flight publishes that the broker acked before the cut settle
         await proxied.proxy.start()
@@ -113,6 +114,7 @@ async def test_no_2xx_for_events_that_are_not_in_kafka(ingest, proxied: ProxiedB
         proxied.pause()
         refused_before = traffic.refused
         await eventually(_refusals(traffic, refused_before + 3), timeout=30, what="503s while the broker hangs")
+        await _stays_ready_reporting_the_broker(client)
         proxied.resume()
         await traffic.until(len(traffic.acknowledged) + 20, "traffic to recover after the hang")
     finally:
@@ -124,6 +126,18 @@ async def test_no_2xx_for_events_that_are_not_in_kafka(ingest, proxied: ProxiedB
     on_topic = {event["event_id"] for event in await events_on_topic(proxied.bootstrap)}
     missing = traffic.acknowledged - on_topic
     assert not missing, f"{len(missing)} events were answered 202 but are not in Kafka: {sorted(missing)[:10]}"
+
+
+async def _stays_ready_reporting_the_broker(client: httpx.AsyncClient) -> None:
+    """During the outage ingest stays in its Service (so callers get the 503 + Retry-After, not
+    connection refused) and says why in /readyz, within the probe's time even if the broker hangs."""
+    started = asyncio.get_running_loop().time()
+    ready = await client.get("/readyz")
+    assert asyncio.get_running_loop().time() - started < 5
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok"}
+    assert ready.json()["not_gating"]["broker"].startswith("failing"), ready.json()
+    assert (await client.get("/healthz")).status_code == 200
 
 
 def _refusals(traffic: Traffic, at_least: int):  # type: ignore[no-untyped-def]

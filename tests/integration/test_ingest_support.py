@@ -96,7 +96,9 @@ class ServedIngest:
         while time.monotonic() < deadline:
             if self.server.started:
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    ready = httpx.get(self.url + "/readyz", timeout=2)
+                    # Ready does not wait for the broker (intake then answers 503): the tests do.
+                    if ready.status_code == 200 and ready.json()["not_gating"]["broker"] == "ok":
                         return
             if not self._thread.is_alive():
                 raise RuntimeError("ingest server thread died during start-up")

@@ -32,6 +32,20 @@ def test_source_and_received_at_are_ours_to_set() -> None:
     assert event.source == "pos-1" and event.received_at == RECEIVED
 
 
+def test_the_request_trace_goes_to_events_without_one_of_their_own() -> None:
+    request_trace, own = "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c"
+    candidates = [
+        Candidate(0, purchase("plain")),
+        Candidate(1, {**purchase("null"), "trace_id": None}),
+        Candidate(2, {**purchase("empty"), "trace_id": ""}),
+        Candidate(3, {**purchase("own"), "trace_id": own}),
+    ]
+    verdicts = validate(candidates, source="s", received_at=RECEIVED, trace_id=request_trace)
+    assert [event.trace_id for event in verdicts.valid] == [request_trace, request_trace, request_trace, own]
+    (untraced,) = validate([Candidate(0, purchase())], source="s", received_at=RECEIVED).valid
+    assert untraced.trace_id is None
+
+
 def test_rejections_keep_their_request_index_and_renamed_paths() -> None:
     candidates = [
         Candidate(0, purchase("ok")),
