@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -28,6 +30,8 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import UTCDateTime
@@ -63,13 +67,24 @@ def outbox_table(metadata: MetaData) -> Table:
 async def claim_event(session: AsyncSession, table: Table, event_id: str) -> bool:
     """Record that ``event_id`` is being applied; False if it was applied before.
 
-    Runs inside the caller's transaction: if that rolls back, so does the claim.
+    Runs inside the caller's transaction: if that rolls back, so does the claim. One statement
+    (an insert that ignores the conflict with an earlier claim) rather than a look-up and an
+    insert: every consumed event pays for it.
     """
-    seen = await session.scalar(select(table.c.event_id).where(table.c.event_id == event_id))
-    if seen is not None:
-        return False
-    await session.execute(insert(table).values(event_id=event_id, processed_at=datetime.now(UTC)))
-    return True
+    values = {"event_id": event_id, "processed_at": datetime.now(UTC)}
+    connection = await session.connection()
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        statement: Any = pg_insert(table).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite_insert(table).values(values).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        if await session.scalar(select(table.c.event_id).where(table.c.event_id == event_id)) is not None:
+            return False
+        await session.execute(insert(table).values(values))
+        return True
+    result = await connection.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def prune_processed(session: AsyncSession, table: Table, keep: timedelta) -> int:
@@ -114,15 +129,20 @@ def loaded_headers(stored: list[list[str]] | None) -> tuple[tuple[str, bytes], .
 
 
 async def enqueue(session: AsyncSession, table: Table, message: Outgoing) -> None:
-    await session.execute(
-        insert(table).values(
-            topic=message.topic,
-            key=message.key,
-            value=message.value,
-            headers=stored_headers(message.headers),
-            created_at=datetime.now(UTC),
-        )
-    )
+    await enqueue_many(session, table, [message])
+
+
+async def enqueue_many(session: AsyncSession, table: Table, messages: Sequence[Outgoing]) -> None:
+    """Put ``messages`` in the outbox in one statement; rows keep the given order (the relay
+    publishes by row id), so a change's messages reach Kafka in the order they were written."""
+    if not messages:
+        return
+    now = datetime.now(UTC)
+    rows = [
+        {"topic": m.topic, "key": m.key, "value": m.value, "headers": stored_headers(m.headers), "created_at": now}
+        for m in messages
+    ]
+    await session.execute(insert(table), rows)
 
 
 class OutboxRelay:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from services.outreach.care import (
     decide_offer,
 )
 from services.outreach.plans import PlanError, load_plan_file, parse_plan, with_follow_up_delay
-from services.outreach.policy import explicitly_refused, in_holdout
+from services.outreach.policy import ConsentBook, explicitly_refused, in_holdout
 from services.outreach.render import TemplateSpec, load_template_file
 from services.outreach.settings import OutreachSettings
 from shared.contracts import CustomerSnapshot, Purpose, TouchStatus
@@ -150,9 +150,16 @@ async def apply_planned(
     now: datetime,
     snapshot: CustomerSnapshot | None,
     trace_id: str | None = None,
+    known: PlanningReads | None = None,
 ) -> list[Outgoing]:
-    """Store one planned touch unless its key exists; returns the lifecycle messages to enqueue."""
-    if await repository.touch_key_exists(session, planned.idempotency_key):
+    """Store one planned touch unless its key exists; returns the lifecycle messages to enqueue.
+
+    ``known`` carries what earlier touches of the same run already read, so a run of touches
+    does not ask the database the same questions once per touch."""
+    if known is not None and known.touch_keys is not None:
+        if planned.idempotency_key in known.touch_keys:
+            return []
+    elif await repository.touch_key_exists(session, planned.idempotency_key):
         return []
     if planned.dedupe_window is not None and await repository.recent_touch_of_plan(
         session, planned.customer_id, planned.plan, planned.due_at, planned.dedupe_window
@@ -169,7 +176,7 @@ async def apply_planned(
         status, reason, holdout = TouchStatus.SUPPRESSED.value, "holdout", True
         planned = _without_offer(planned)
     elif active is not None:
-        explicit = await repository.explicit_consents(session, planned.customer_id)
+        explicit = await _explicit_consents(session, planned.customer_id, known)
         if explicitly_refused(active.plan.channels, planned.purpose, explicit, snapshot):
             status, reason = TouchStatus.SUPPRESSED.value, f"no_consent: refused on every channel ({planned.purpose})"
             planned = _without_offer(planned)
@@ -185,6 +192,8 @@ async def apply_planned(
         now=now,
         trace_id=trace_id,
     )
+    if known is not None and known.touch_keys is not None:
+        known.touch_keys.add(planned.idempotency_key)
     messages: list[Outgoing] = []
     common: dict[str, Any] = {
         "customer_id": planned.customer_id,
@@ -223,6 +232,28 @@ async def apply_planned(
             now=now,
         )
     return messages
+
+
+@dataclass
+class PlanningReads:
+    """Reads shared by the touches one event plans, all in one transaction.
+
+    ``touch_keys``: the existing idempotency keys among the run's touches, looked up together
+    (see ``repository.existing_touch_keys``) and extended as touches are stored; None means
+    "not looked up", and each touch asks on its own. ``consents``: explicit consents per
+    customer, read once; valid as long as nothing in the run records a consent.
+    """
+
+    touch_keys: set[str] | None = None
+    consents: dict[str, ConsentBook] = field(default_factory=dict)
+
+
+async def _explicit_consents(session: AsyncSession, customer_id: str, known: PlanningReads | None) -> ConsentBook:
+    if known is None:
+        return await repository.explicit_consents(session, customer_id)
+    if customer_id not in known.consents:
+        known.consents[customer_id] = await repository.explicit_consents(session, customer_id)
+    return known.consents[customer_id]
 
 
 async def _offer(

@@ -9,7 +9,9 @@ from decimal import Decimal
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outreach.care import PlannedTouch
@@ -56,6 +58,48 @@ async def remember_customer(
 ) -> bool:
     """Keep the newest snapshot; an older version arriving late does not overwrite a newer one.
     Returns False when the update is older than what we hold (or than an erasure)."""
+    # One statement, as every customer.updated pays for it: insert the snapshot unless a tombstone
+    # covers this version, or overwrite the stored one only if it is older; nothing written ⇔ False.
+    connection = await session.connection()
+    dialect = connection.dialect.name
+    if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - only SQLite and PostgreSQL are supported
+        return await _remember_customer_in_steps(session, customer_id, version, snapshot, now)
+    values = {"customer": customer_id, "version": version, "snapshot": snapshot.model_dump(mode="json"), "now": now}
+    statement = _REMEMBER_PG if dialect == "postgresql" else _REMEMBER_SQLITE
+    result = await connection.execute(statement, values)
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _remember_statement(insert_for: Any) -> Any:
+    newest = select(
+        bindparam("customer", type_=customers.c.customer_id.type),
+        bindparam("version", type_=customers.c.version.type),
+        bindparam("snapshot", type_=customers.c.snapshot.type),
+        bindparam("now", type_=customers.c.updated_at.type),
+    ).where(
+        ~select(erasures.c.customer_id)
+        .where(erasures.c.customer_id == bindparam("customer"), erasures.c.version >= bindparam("version"))
+        .exists()
+    )
+    statement = insert_for(customers).from_select(["customer_id", "version", "snapshot", "updated_at"], newest)
+    return statement.on_conflict_do_update(
+        index_elements=[customers.c.customer_id],
+        set_={
+            "version": statement.excluded.version,
+            "snapshot": statement.excluded.snapshot,
+            "updated_at": statement.excluded.updated_at,
+        },
+        where=customers.c.version < statement.excluded.version,
+    )
+
+
+_REMEMBER_PG = _remember_statement(pg_insert)
+_REMEMBER_SQLITE = _remember_statement(sqlite_insert)
+
+
+async def _remember_customer_in_steps(
+    session: AsyncSession, customer_id: str, version: int, snapshot: CustomerSnapshot, now: datetime
+) -> bool:
     tombstone = await erased_version(session, customer_id)
     if tombstone is not None and version <= tombstone:
         return False
@@ -185,6 +229,16 @@ def touch_id_for(idempotency_key: str) -> str:
 async def touch_key_exists(session: AsyncSession, idempotency_key: str) -> bool:
     found = await session.scalar(select(touches.c.touch_id).where(touches.c.idempotency_key == idempotency_key))
     return found is not None
+
+
+async def existing_touch_keys(session: AsyncSession, idempotency_keys: Sequence[str]) -> set[str]:
+    """Which of these keys already have a touch: one look-up for all the touches an event plans."""
+    if not idempotency_keys:
+        return set()
+    found = await session.scalars(
+        select(touches.c.idempotency_key).where(touches.c.idempotency_key.in_(set(idempotency_keys)))
+    )
+    return set(found)
 
 
 async def recent_touch_of_plan(

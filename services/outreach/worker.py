@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.outreach import repository
 from services.outreach.care import PlanBook, PlannedTouch, plan_calendar, plan_intake, plan_update
-from services.outreach.planning import PlanCatalog, apply_planned, planning_defaults
+from services.outreach.planning import PlanCatalog, PlanningReads, apply_planned, planning_defaults
 from services.outreach.settings import OutreachSettings
 from services.outreach.tables import outbox, processed_events
 from shared.contracts import (
@@ -41,7 +41,7 @@ from shared.contracts import (
 )
 from shared.db import transaction
 from shared.kafka import Outgoing
-from shared.ledger import OutboxRelay, claim_event, enqueue
+from shared.ledger import OutboxRelay, claim_event, enqueue_many
 from shared.observability import ServiceMetrics
 
 HANDLED = (CustomerUpdatedEvent, CustomerErasedEvent, ConsentEvent, PurchaseEvent, InteractionEvent)
@@ -120,8 +120,7 @@ class OutreachHandler:
                 snapshot = await repository.load_snapshot(session, event.customer_id)
                 planned = plan_intake(event, snapshot, book, now=now, defaults=self._defaults)
                 messages = await self._store(session, planned, event.event_id, book, now, event.trace_id)
-        for message in messages:
-            await enqueue(session, outbox, message)
+        await enqueue_many(session, outbox, messages)
         outcome.queued |= bool(messages)
 
     async def _customer_updated(
@@ -186,6 +185,9 @@ class OutreachHandler:
     ) -> list[Outgoing]:
         messages: list[Outgoing] = []
         known = dict(known or {})
+        # One look-up of every planned key (and consents once per customer), not one per touch.
+        existing = await repository.existing_touch_keys(session, [touch.idempotency_key for touch in planned])
+        reads = PlanningReads(touch_keys=existing)
         for touch in planned:
             if touch.customer_id not in known:
                 known[touch.customer_id] = await repository.load_snapshot(session, touch.customer_id)
@@ -199,6 +201,7 @@ class OutreachHandler:
                 now=now,
                 snapshot=snapshot,
                 trace_id=trace_id,
+                known=reads,
             )
             messages += produced
         return messages

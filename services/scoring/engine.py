@@ -102,9 +102,14 @@ async def commit(
     found: list[FieldChange],
     announcement: Announcement | None,
     now: datetime | None = None,
+    *,
+    referrer_known: bool = False,
 ) -> bool:
     """Store ``after``; with an announcement, bump the version, record the changes and queue the
-    ``customer.updated``. Returns whether something was queued for the relay."""
+    ``customer.updated``. Returns whether something was queued for the relay.
+
+    ``referrer_known``: ``after.referred_by`` of a new file is already current (the caller read it
+    with the missing file), so it is not looked up again."""
     now = now or datetime.now(UTC)
     is_new = before is None
     if announcement is not None:
@@ -114,7 +119,7 @@ async def commit(
         return False
     as_of = after.scores.as_of if after.scores else now
     await repository.append_history(session, after.customer_id, found, announcement.cause, as_of, now)
-    if before is None:  # a new file: someone may have referred this customer already
+    if before is None and not referrer_known:  # a new file: someone may have referred this customer already
         after = replace(after, referred_by=await repository.referred_by(session, after.customer_id))
     await enqueue(session, outbox, announce(after, announcement, found, now))
     return True

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, true, type_coerce, update
+from sqlalchemy import and_, bindparam, delete, func, insert, literal, or_, select, true, type_coerce, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -184,6 +184,42 @@ def _with_referrer() -> Any:
 
 _LOAD_FILE = _with_referrer().where(customer_files.c.customer_id == bindparam("file_id"))
 _LOAD_FILE_FOR_UPDATE = _LOAD_FILE.with_for_update()
+
+
+async def load_for_event(session: AsyncSession, customer_id: str) -> tuple[CustomerFile | None, str | None]:
+    """The file, locked like ``load_file(for_update=True)``, and the customer's first referrer, in
+    one round trip even when there is no file yet: a new file needs its referrer (someone may
+    have referred the customer before their first event), and that was a second statement."""
+    connection = await session.connection()
+    row = (await connection.execute(_LOAD_FOR_EVENT, {"file_id": customer_id})).mappings().one()
+    if row["customer_id"] is None:
+        return None, row["referred_by"]
+    return file_from_row(row), row["referred_by"]
+
+
+def _file_or_nothing_with_referrer() -> Any:
+    """One row always: the file's columns (NULL when there is no file) and the first referrer.
+    The lock sits on the file's own sub-select: PostgreSQL refuses FOR UPDATE on the nullable
+    side of an outer join, but locks the rows a locking sub-select reads."""
+    file = (
+        select(customer_files)
+        .where(customer_files.c.customer_id == bindparam("file_id"))
+        .with_for_update()
+        .subquery("loaded_file")
+    )
+    first_referrer = (
+        select(referrals.c.referrer_id)
+        .where(referrals.c.referred_customer_id == bindparam("file_id"))
+        .order_by(referrals.c.occurred_at, referrals.c.referrer_id)
+        .limit(1)
+        .scalar_subquery()
+        .label("referred_by")
+    )
+    one_row = select(literal(1).label("one")).subquery("one_row")
+    return select(file, first_referrer).select_from(one_row.outerjoin(file, true()))
+
+
+_LOAD_FOR_EVENT = _file_or_nothing_with_referrer()
 
 
 async def load_files(

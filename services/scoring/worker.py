@@ -179,8 +179,8 @@ class ScoringHandler:
         if not await repository.claim(session, event.event_id, datetime.now(UTC)):
             outcome.duplicates += 1
             return
-        current = await repository.load_file(session, event.customer_id, for_update=True)
-        before = current or CustomerFile(event.customer_id)
+        current, referrer = await repository.load_for_event(session, event.customer_id)
+        before = current or CustomerFile(event.customer_id, referred_by=referrer)
         orders = await repository.order_lines(session, event.customer_id) if before.totals.order_count else []
         folded = await fold(session, before, event, orders)
         if folded is None:
@@ -189,8 +189,15 @@ class ScoringHandler:
         model = await self._models.current(session)
         after, found = rescored(folded, orders, model, self._clock.for_file(folded), self._rules)
         announcement = Announcement(cause_of(event), event.historical, event.trace_id)
-        if await commit(session, current, after, found, announcement):
+        # The referrer came with the (missing) file, unless this event records a referral: that one
+        # could name the customer themself, so a new file then looks its referrer up afterwards.
+        referrer_known = not _is_referral(event)
+        if await commit(session, current, after, found, announcement, referrer_known=referrer_known):
             outcome.queued = True
+
+
+def _is_referral(event: IntakeEvent) -> bool:
+    return isinstance(event, InteractionEvent) and event.payload.kind is InteractionKind.REFERRAL
 
 
 @dataclass
