@@ -24,7 +24,7 @@ from shared.ledger import OutboxRelay
 from shared.observability import ServiceMetrics
 from shared.runtime import open_runtime, start_pipeline
 from shared.service import install_common
-from shared.topics import EVENTS
+from shared.topics import EVENTS, TOUCHES
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -49,7 +49,7 @@ def create_app(settings: ScoringSettings | None = None) -> FastAPI:
             runtime,
             outbox=outbox,
             processed=processed_events,
-            topics=[EVENTS],
+            topics=[EVENTS, TOUCHES],  # intake to fold; touch outcomes for the care kept in the file
             group_id=settings.consumer_group,
             make_handler=make_handler,
         )

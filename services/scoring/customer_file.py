@@ -22,6 +22,8 @@ from shared.contracts import (
     InteractionPayload,
     PurchasePayload,
     Purpose,
+    TouchPayload,
+    TouchStatus,
     Traits,
     ValueTier,
 )
@@ -156,6 +158,26 @@ def note_engagement(engagement: dict[str, Any], interaction: InteractionPayload,
     intent = interaction.properties.get("would_buy_again")
     if isinstance(intent, bool) and _wins(merged.get("stated_intent"), intent, at, tie_low=True):
         merged["stated_intent"] = Stamped(intent, stamp).as_json()
+    return merged
+
+
+def note_touch(engagement: dict[str, Any], touch: TouchPayload, at: datetime) -> dict[str, Any]:
+    """The care the customer received, from outreach's touch lifecycle: touches per outcome, the
+    latest one sent, and the revenue attributed to touches. Scheduling is not care yet, so only
+    outcomes count; each lifecycle message arrives once per touch and status (deduped upstream)."""
+    if touch.status is TouchStatus.SCHEDULED:
+        return engagement
+    merged = dict(engagement)
+    care = dict(merged.get("care", {}))
+    counts = dict(care.get("counts", {}))
+    counts[touch.status.value] = int(counts.get(touch.status.value, 0)) + 1
+    care["counts"] = counts
+    stamp = _stamp(at)
+    if touch.status is TouchStatus.SENT and stamp >= str(care.get("last_sent", {}).get("at", "")):
+        care["last_sent"] = {"at": stamp, "plan": touch.plan, "channel": touch.channel, "touch_id": touch.touch_id}
+    if touch.status is TouchStatus.CONVERTED and touch.revenue is not None:
+        care["attributed_revenue"] = str(Decimal(care.get("attributed_revenue", "0")) + touch.revenue)
+    merged["care"] = care
     return merged
 
 

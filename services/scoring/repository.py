@@ -277,6 +277,15 @@ async def save_file(session: AsyncSession, file: CustomerFile, now: datetime, *,
         await connection.execute(_UPDATE_FILE, {"file_id": file.customer_id, **values})
 
 
+async def save_engagement(session: AsyncSession, customer_id: str, engagement: dict[str, Any], now: datetime) -> None:
+    """Only the engagement column: care received changes no score, so no version and no announcement."""
+    await session.execute(
+        update(customer_files)
+        .where(customer_files.c.customer_id == customer_id)
+        .values(engagement=engagement, updated_at=now)
+    )
+
+
 async def claim(session: AsyncSession, event_id: str, now: datetime) -> bool:
     """Record that ``event_id`` is being applied; False if it was applied before. One statement
     (insert, ignoring a conflict) instead of a look-up and an insert; rolls back with the caller."""

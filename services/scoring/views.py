@@ -111,6 +111,16 @@ class ComplaintView(BaseModel):
     text: str | None
 
 
+class CareSummary(BaseModel):
+    """Care touches the customer received, from outreach's touch lifecycle (``huitou.touches``)."""
+
+    touches: dict[str, int]  # by outcome: sent, converted, suppressed, failed, cancelled
+    last_sent_at: datetime | None
+    last_sent_plan: str | None
+    last_sent_channel: str | None
+    attributed_revenue: Decimal
+
+
 class InteractionSummary(BaseModel):
     counts: dict[str, int]
     feedback_count: int
@@ -122,6 +132,7 @@ class InteractionSummary(BaseModel):
     referrals: int
     referred_by: str | None
     open_complaints: int
+    care: CareSummary
 
 
 class LoyaltyView(BaseModel):
@@ -374,6 +385,7 @@ def file_view(
             referrals=file.referral_count,
             referred_by=referred_by,
             open_complaints=file.open_complaints,
+            care=care_summary(engagement.get("care", {})),
         ),
         complaints=[
             ComplaintView(
@@ -435,4 +447,15 @@ def model_view(model: PopulationModel, rescored: bool) -> ModelView:
         typical_gap_days=model.typical_gap_days,
         population_size=model.population_size,
         rescored=rescored,
+    )
+
+
+def care_summary(care: dict[str, Any]) -> CareSummary:
+    last = care.get("last_sent") or {}
+    return CareSummary(
+        touches=dict(care.get("counts", {})),
+        last_sent_at=_at(last.get("at")),
+        last_sent_plan=last.get("plan"),
+        last_sent_channel=last.get("channel"),
+        attributed_revenue=Decimal(care.get("attributed_revenue", "0")),
     )

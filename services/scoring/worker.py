@@ -32,6 +32,7 @@ from services.scoring.customer_file import (
     note_engagement,
     note_order,
     note_share_of_wallet,
+    note_touch,
 )
 from services.scoring.engine import Announcement, ModelStore, commit, derived_event_id, rescored
 from services.scoring.purchases import OrderLine
@@ -46,6 +47,7 @@ from shared.contracts import (
     InteractionKind,
     PurchaseEvent,
     RefundEvent,
+    TouchEvent,
 )
 from shared.db import transaction
 from shared.ledger import OutboxRelay
@@ -174,8 +176,11 @@ class ScoringHandler:
             self._relay.notify()
 
     async def _apply(self, session: AsyncSession, event: AnyEvent, outcome: _Outcome) -> None:
+        if isinstance(event, TouchEvent):
+            await self._note_touch(session, event, outcome)
+            return
         if not isinstance(event, IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent):
-            return  # not ours to fold (e.g. touch lifecycle)
+            return  # not ours to fold (alias: not merged yet)
         if not await repository.claim(session, event.event_id, datetime.now(UTC)):
             outcome.duplicates += 1
             return
@@ -194,6 +199,22 @@ class ScoringHandler:
         referrer_known = not _is_referral(event)
         if await commit(session, current, after, found, announcement, referrer_known=referrer_known):
             outcome.queued = True
+
+
+    async def _note_touch(self, session: AsyncSession, event: TouchEvent, outcome: _Outcome) -> None:
+        """Keep the care a customer received in their file (touches by outcome, the latest sent).
+
+        Nothing is announced: care changes no score, and a customer.updated per touch would only
+        send outreach its own news back."""
+        if not await repository.claim(session, event.event_id, datetime.now(UTC)):
+            outcome.duplicates += 1
+            return
+        current, _ = await repository.load_for_event(session, event.customer_id)
+        if current is None:
+            return  # no file (erased, or a touch for a customer scoring never saw): nothing to keep
+        engagement = note_touch(current.engagement, event.payload, event.occurred_at)
+        if engagement != current.engagement:
+            await repository.save_engagement(session, event.customer_id, engagement, datetime.now(UTC))
 
 
 def _is_referral(event: IntakeEvent) -> bool:

@@ -170,11 +170,6 @@ def test_poison_goes_to_the_dlq_with_its_error_and_the_partition_moves_on(poison
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no service consumes huitou.touches: services/scoring/api.py subscribes to huitou.events only "
-    "(docs/scoring.md: 'not consumed yet'), although ../shared/DESIGN.md says scoring reads it",
-)
 async def test_poison_on_the_touches_topic_reaches_the_dlq(poisoned: Poisoned) -> None:
     async def dead_lettered() -> bool:
         records = await read_topic(poisoned.broker.bootstrap, DLQ)
