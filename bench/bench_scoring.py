@@ -189,7 +189,7 @@ def claim_only(
 ) -> Callable[[AnyEvent, ConsumerRecord[bytes, bytes]], Awaitable[None]]:
     async def handle(event: AnyEvent, _record: ConsumerRecord[bytes, bytes]) -> None:
         async with transaction(sessions) as session:
-            await claim(session, event.event_id, datetime.now(UTC))
+            await claim(session, event.event_id)
 
     return handle
 

@@ -78,11 +78,8 @@ async def claim_event(session: AsyncSession, table: Table, event_id: str) -> boo
         statement: Any = pg_insert(table).values(values).on_conflict_do_nothing()
     elif dialect == "sqlite":
         statement = sqlite_insert(table).values(values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        if await session.scalar(select(table.c.event_id).where(table.c.event_id == event_id)) is not None:
-            return False
-        await session.execute(insert(table).values(values))
-        return True
+    else:
+        raise NotImplementedError(f"only SQLite and PostgreSQL are supported, not {dialect}")
     result = await connection.execute(statement)
     return bool(getattr(result, "rowcount", 0))
 

@@ -166,7 +166,7 @@ class Maintenance:
                 as_of = max(as_of, sweep_as_of)
                 day = local_day(as_of, self._rules.timezone)
                 cause_id = clock_cause_id(file.customer_id, day)
-                if not await repository.claim(session, cause_id, datetime.now(UTC)):
+                if not await repository.claim(session, cause_id):
                     await repository.postpone_check(session, file.customer_id, day_start(day + 1, self._rules.timezone))
                     continue
                 cause = CustomerCause(event_id=cause_id, type="clock", occurred_at=as_of)

@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import and_, bindparam, delete, func, insert, literal, or_, select, true, type_coerce, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.customer_file import CustomerFile, PurchaseTotals
@@ -286,20 +284,10 @@ async def save_engagement(session: AsyncSession, customer_id: str, engagement: d
     )
 
 
-async def claim(session: AsyncSession, event_id: str, now: datetime) -> bool:
-    """Record that ``event_id`` is being applied; False if it was applied before. One statement
-    (insert, ignoring a conflict) instead of a look-up and an insert; rolls back with the caller."""
-    connection = await session.connection()
-    dialect = connection.dialect.name
-    values = {"event_id": event_id, "processed_at": now}
-    if dialect == "postgresql":
-        statement: Any = pg_insert(processed_events).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite_insert(processed_events).values(values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        return await claim_event(session, processed_events, event_id)
-    result = await connection.execute(statement)
-    return bool(getattr(result, "rowcount", 0))
+async def claim(session: AsyncSession, event_id: str) -> bool:
+    """Record that ``event_id`` is being applied; False if it was applied before (rolls back with
+    the caller's transaction)."""
+    return await claim_event(session, processed_events, event_id)
 
 
 # --- orders, refunds, referrals -----------------------------------------------------------------

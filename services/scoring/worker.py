@@ -181,7 +181,7 @@ class ScoringHandler:
             return
         if not isinstance(event, IdentifyEvent | PurchaseEvent | RefundEvent | InteractionEvent | ConsentEvent):
             return  # not ours to fold (alias: not merged yet)
-        if not await repository.claim(session, event.event_id, datetime.now(UTC)):
+        if not await repository.claim(session, event.event_id):
             outcome.duplicates += 1
             return
         current, referrer = await repository.load_for_event(session, event.customer_id)
@@ -206,7 +206,7 @@ class ScoringHandler:
 
         Nothing is announced: care changes no score, and a customer.updated per touch would only
         send outreach its own news back."""
-        if not await repository.claim(session, event.event_id, datetime.now(UTC)):
+        if not await repository.claim(session, event.event_id):
             outcome.duplicates += 1
             return
         current, _ = await repository.load_for_event(session, event.customer_id)
