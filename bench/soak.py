@@ -228,7 +228,8 @@ def report(soaks: list[Soak], args: argparse.Namespace) -> str:
         f"/proc, lag and outbox backlog from /metrics every {args.sample_seconds:g} s. Slopes are least-squares "
         f"fits after a {WARM_UP_SECONDS:.0f} s warm-up. Plots: "
         + ", ".join(f"[{s.database}](soak-{s.database}.png)" for s in soaks)
-        + ".",
+        + ". The dev broker (Tansu, `memory://` storage) keeps every message in memory, so its RSS grows "
+        "with the data by design; the services' RSS and the lag are what must stay flat.",
         "",
         "| database | events accepted (failed) | RSS after warm-up → end, MiB (slope MiB/min) | max lag | "
         "lag slope /min | drained after stop |",
