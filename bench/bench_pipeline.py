@@ -487,9 +487,11 @@ READING = [
 
 
 def write_section(section: str) -> None:
-    """Replace (or append) only this script's section: other scripts own the other sections."""
+    """Replace (or append) only the section ``section`` heads ("## Pipeline", "## Soak"): other
+    scripts own the other sections."""
     text = OUT.read_text()  # re-read right before writing: other benchmarks rewrite their sections
-    pattern = re.compile(r"^## Pipeline\n.*?(?=^## |\Z)", re.S | re.M)
+    heading = section.splitlines()[0]
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     OUT.write_text(text)
 

@@ -38,7 +38,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from bench_pipeline import WRITE_KEY, database_env, stack_env  # noqa: E402
+from bench_pipeline import WRITE_KEY, database_env, stack_env, write_section  # noqa: E402
 from loadgen import Population, Traffic, drive  # noqa: E402
 
 from shared.devstack import SERVICES  # noqa: E402
@@ -252,13 +252,6 @@ def report(soaks: list[Soak], args: argparse.Namespace) -> str:
             f"| {lag_slope:+.1f} | {drained} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str) -> None:
-    text = OUT.read_text()  # re-read right before writing: other benchmarks rewrite their sections
-    pattern = re.compile(r"^## Soak\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    OUT.write_text(text)
 
 
 async def main() -> None:

@@ -1,6 +1,9 @@
-"""Refunds in scoring's handler, on SQLite and PostgreSQL: a refund the shop resends under a new
-event id is counted once when it carries the shop's refund id, including one that arrived before
-its order."""
+"""Scoring's handler fed directly, on SQLite and PostgreSQL.
+
+* Refunds: a refund the shop resends under a new event id is counted once when it carries the
+  shop's refund id, including one that arrived before its order.
+* Care: outreach's touch outcomes (huitou.touches) are kept in the file once, announce nothing,
+  and invent no file."""
 
 from __future__ import annotations
 
@@ -16,8 +19,18 @@ from services.scoring import repository
 from services.scoring.api import MIGRATIONS
 from services.scoring.customer_file import CustomerFile
 from services.scoring.tables import outbox, refunds
+from services.scoring.views import care_summary
 from services.scoring.worker import ScoringHandler
-from shared.contracts import PurchaseEvent, PurchasePayload, RefundEvent, RefundPayload
+from shared.contracts import (
+    Channel,
+    PurchaseEvent,
+    PurchasePayload,
+    RefundEvent,
+    RefundPayload,
+    TouchEvent,
+    TouchPayload,
+    TouchStatus,
+)
 from shared.db import create_engine, migrate, session_factory
 from shared.kafka import EventProducer
 from shared.ledger import OutboxRelay
@@ -103,3 +116,56 @@ async def test_an_early_refund_resent_before_its_order_is_booked_once(scoring) -
     file = await file_of(sessions)
     assert file.totals.refunded == Decimal("15.00") and file.totals.net_revenue == Decimal("45.00")
     assert file.unmatched_refunds == {}
+
+
+def touch(event_id: str, status: TouchStatus, minutes: int, *, customer: str = "c-1", **extra: object) -> TouchEvent:
+    payload = TouchPayload(touch_id=f"t-{event_id}", plan="post_purchase_follow_up", status=status, **extra)
+    return TouchEvent(
+        event_id=event_id, customer_id=customer, occurred_at=T0 + timedelta(minutes=minutes), payload=payload
+    )
+
+
+async def outbox_rows(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(outbox)) or 0)
+
+
+async def test_touch_outcomes_are_kept_in_the_file_once_and_announce_nothing(scoring) -> None:  # type: ignore[no-untyped-def]
+    handle, sessions = scoring
+    purchase = PurchaseEvent(
+        event_id="p-1",
+        customer_id="c-1",
+        occurred_at=T0,
+        payload=PurchasePayload(order_id="o-1", amount=Decimal("80.00")),
+    )
+    await handle(purchase)
+    async with sessions() as session:
+        before = await repository.load_file(session, "c-1")
+    announced = await outbox_rows(sessions)
+
+    sent = touch("k-1", TouchStatus.SENT, 10, channel=Channel.EMAIL)
+    for event in (
+        touch("k-0", TouchStatus.SCHEDULED, 5),  # scheduling is not care yet
+        sent,
+        sent,  # redelivered
+        touch("k-2", TouchStatus.SUPPRESSED, 20),
+        touch("k-3", TouchStatus.CONVERTED, 30, revenue=Decimal("45.50")),
+        touch("k-4", TouchStatus.SENT, 3, channel=Channel.SMS),  # older than the latest sent: counted, not latest
+        touch("k-9", TouchStatus.SENT, 40, customer="nobody"),  # no file: none is invented
+    ):
+        await handle(event)
+
+    async with sessions() as session:
+        after = await repository.load_file(session, "c-1")
+        assert await repository.load_file(session, "nobody") is None
+    assert before is not None and after is not None
+    care = care_summary(after.engagement["care"])
+    assert care.touches == {"sent": 2, "suppressed": 1, "converted": 1}
+    assert (care.last_sent_at, care.last_sent_plan, care.last_sent_channel) == (
+        T0 + timedelta(minutes=10),
+        "post_purchase_follow_up",
+        "email",
+    )
+    assert care.attributed_revenue == Decimal("45.50")
+    assert after.version == before.version and after.scores == before.scores
+    assert await outbox_rows(sessions) == announced  # care changes no score: nothing announced
