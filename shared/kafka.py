@@ -168,15 +168,19 @@ TransientCheck = Callable[[BaseException], bool]
 class BatchHandler(Protocol):
     """A handler that can apply several events in one database transaction.
 
-    ``transaction()`` opens a transaction and yields ``apply(event, record)``, which does one
-    event's work inside it (claiming its id first, so a replay is a no-op); the transaction
+    ``transaction(upcoming)`` opens a transaction and yields ``apply(event, record)``, which does
+    one event's work inside it (claiming its id first, so a replay is a no-op); the transaction
     commits when the block exits cleanly and rolls back, with every claim, when it raises.
+    ``upcoming`` lists, in order, the events the loop means to apply in it, so a handler can read
+    what they need in a few queries up front and write at the end of the block instead of paying
+    round trips per event. The loop may stop early (its time budget is spent), so a handler acts
+    only on events passed to ``apply`` and must cope with events it was not told about.
     Anything the handler does only once the commit stuck (notifying its outbox relay, counting
     duplicates) happens after the block. Calling the handler itself applies one event in a
     transaction of its own.
     """
 
-    def transaction(self) -> AbstractAsyncContextManager[Handler]: ...
+    def transaction(self, upcoming: Sequence[AnyEvent] = ()) -> AbstractAsyncContextManager[Handler]: ...
 
     async def __call__(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes]) -> None: ...
 
@@ -211,7 +215,7 @@ class _Progress:
 
 
 class _Fetched:
-    """One partition's fetched records, parsed on first use (a run stops early when its
+    """One partition's fetched records, parsed when a run takes them up (a run stops early when its
     transaction's time budget is spent, so the rest is parsed only when its turn comes)."""
 
     def __init__(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -420,12 +424,14 @@ class ConsumerLoop:
         """Apply records from ``start`` in one transaction until the size or time budget is spent
         or an unparseable record comes (it goes to the DLQ in a run of its own)."""
         began = time.monotonic()
-        end = min(start + self._transaction_records, len(fetched))
-        async with handler.transaction() as apply:
-            for index in range(start, end):
-                event = fetched.event(index)
-                if isinstance(event, ContractError):
-                    break
+        upcoming: list[AnyEvent] = []
+        for index in range(start, min(start + self._transaction_records, len(fetched))):
+            event = fetched.event(index)
+            if isinstance(event, ContractError):
+                break
+            upcoming.append(event)
+        async with handler.transaction(upcoming) as apply:
+            for index, event in enumerate(upcoming, start):
                 record = fetched.records[index]
                 progress.begun += 1
                 with _log_ids(event, record):

@@ -15,7 +15,7 @@ touch, and intake-planned touches share their idempotency key with the later upd
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,7 +71,7 @@ class OutreachHandler:
             await apply(event, record)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Apply]:
+    async def transaction(self, upcoming: Sequence[AnyEvent] = ()) -> AsyncIterator[Apply]:
         """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`."""
         catalog = await self._catalog.current()
         outcome = _Outcome()

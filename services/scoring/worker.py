@@ -10,7 +10,7 @@ and the claims make the replay a no-op.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -160,7 +160,7 @@ class ScoringHandler:
             await apply(event, record)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Apply]:
+    async def transaction(self, upcoming: Sequence[AnyEvent] = ()) -> AsyncIterator[Apply]:
         """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`."""
         outcome = _Outcome()
         async with transaction(self._sessions) as session:

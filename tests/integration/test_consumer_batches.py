@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
@@ -39,6 +39,7 @@ class Recording:
         self.real = real
         self.fail = dict(fail or {})
         self.transactions: list[list[str]] = []
+        self.upcoming: list[list[str]] = []
         self.committed: list[list[str]] = []
         self.crash_after_commit = False
 
@@ -47,10 +48,11 @@ class Recording:
             await apply(event, record)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Apply]:
+    async def transaction(self, upcoming: Sequence[AnyEvent] = ()) -> AsyncIterator[Apply]:
         begun: list[str] = []
         self.transactions.append(begun)
-        async with self.real.transaction() as apply:
+        self.upcoming.append([e.event_id for e in upcoming])
+        async with self.real.transaction(upcoming) as apply:
 
             async def faulty(event: AnyEvent, record: ConsumerRecord[bytes, bytes] | None = None) -> None:
                 begun.append(event.event_id)
@@ -135,6 +137,8 @@ async def test_one_transaction_applies_a_run_of_a_partitions_records(scoring: Sc
     await run_until(loop, all_applied, "twenty orders")
     assert [e for t in handler.committed for e in t] == [f"e-{i:02d}" for i in range(20)]
     assert len(handler.committed) < 20, "every event had a transaction of its own: nothing was batched"
+    # Each transaction was told its events up front (what a handler prefetches by).
+    assert all(told[: len(done)] == done for told, done in zip(handler.upcoming, handler.committed, strict=True))
     updates = await read_topic(scoring.broker.bootstrap, CUSTOMERS, expect_at_least=20)
     assert causes(updates, "c-1") == [(i + 1, f"e-{i:02d}") for i in range(20)]
 
