@@ -285,6 +285,7 @@ class ConsumerLoop:
         self._stop = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned = asyncio.Event()
+        self._lag_reported: set[TopicPartition] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -337,8 +338,16 @@ class ConsumerLoop:
             return
 
     async def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Export lag per assigned partition (what KEDA scales on, and what an operator watches)."""
-        for tp in consumer.assignment():
+        """Export lag per assigned partition (what KEDA scales on, and what an operator watches).
+
+        A partition lost in a rebalance loses its series too: its last value would otherwise stay
+        frozen here while the new owner reports the live one, and a sum over replicas double-counts."""
+        assignment = consumer.assignment()
+        for tp in self._lag_reported - assignment:
+            with contextlib.suppress(KeyError):
+                self._metrics.consumer_lag.remove(self._service, tp.topic, str(tp.partition))
+        self._lag_reported = set(assignment)
+        for tp in assignment:
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
