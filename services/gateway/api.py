@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.api_keys import BOOTSTRAP_NAME, KeyManagementError, register_key
@@ -112,7 +113,7 @@ def create_app(
             await client.aclose()
             await runtime.close()
 
-    app = FastAPI(title="Huitou gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPIOffline(title="Huitou gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     app.state.public_rate_limiter = RateLimiter(settings.public_rate_limit_per_second, settings.public_rate_limit_burst)

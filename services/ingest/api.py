@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from services.ingest import routes_cloudevents, routes_native, routes_segment, routes_sources
 from services.ingest.budget import InFlightBudget, OverBudget
@@ -135,7 +136,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         finally:
             await runtime.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="Huitou ingest",
         version="1",
         lifespan=lifespan,

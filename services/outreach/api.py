@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from services.outreach.calendar_planner import CalendarPlanner
 from services.outreach.channels import ChannelAdapter, SmtpAdapter, SmtpConfig, WebhookAdapter
@@ -108,7 +109,7 @@ def create_app(settings: OutreachSettings | None = None) -> FastAPI:
                     await adapter.close()
             await client.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="Huitou outreach (internal)",
         version="1",
         lifespan=lifespan,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from services.scoring.clock import Clock
 from services.scoring.deps import ScoringContext
@@ -71,7 +72,7 @@ def create_app(settings: ScoringSettings | None = None) -> FastAPI:
         finally:
             await runtime.close()
 
-    app = FastAPI(title="Huitou scoring (internal)", version="1", lifespan=lifespan)
+    app = FastAPIOffline(title="Huitou scoring (internal)", version="1", lifespan=lifespan)
     app.state.settings = settings
     install_common(app, service="scoring", metrics=metrics, readiness=readiness)
     for router in (customers.router, edits.router, reports.router, models.router):

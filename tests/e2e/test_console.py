@@ -338,3 +338,28 @@ def test_the_console_speaks_chinese(page: Any, stack: Stack) -> None:
     page.get_by_test_id("nav-audit").click()  # admins see the audit log
     page.get_by_test_id("audit-entries").filter(has_text="crm-desk").wait_for()
     shot(page, "11-audit-zh-CN")
+
+
+def test_the_api_reference_renders_with_no_internet(page: Any, stack: Stack) -> None:
+    """Swagger UI and ReDoc come from the gateway itself: no script, style or data from a CDN (only
+    ReDoc's "powered by" logo is an outside image, and the page renders without it)."""
+    gateway = stack.url("gateway")
+    elsewhere: list[str] = []
+
+    def only_the_gateway(route: Any) -> None:
+        if route.request.url.startswith(gateway):
+            route.continue_()
+        else:  # a CDN or any other host: refused, as on an air-gapped network
+            if route.request.resource_type != "image":
+                elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_gateway)
+    page.goto(gateway + "/docs")
+    page.locator(".opblock-summary-path", has_text="/customers/{customer_id}").first.wait_for()
+    assert page.locator(".opblock").count() > 20
+    shot(page, "api-reference-swagger")
+    page.goto(gateway + "/redoc")
+    page.locator("h1", has_text="Huitou gateway").first.wait_for()
+    page.get_by_text("/customers/{customer_id}", exact=False).first.wait_for(state="attached")
+    assert elsewhere == []
