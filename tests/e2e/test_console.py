@@ -308,13 +308,20 @@ def test_edit_a_template_and_see_the_preview_change(page: Any, stack: Stack) -> 
     marker = f"tea house {uuid.uuid4().hex[:4]}"
     page.get_by_test_id("template-subject-en").fill(f"A note from the {marker}, {{{{ customer.display_name }}}}")
     page.get_by_test_id("template-subject-zh-CN").fill(f"{{{{ customer.display_name }}}}，来自{marker}的问候")
-    page.get_by_test_id("template-save").click()
+    # The preview follows the edit before anything is saved...
     english.filter(has_text=f"A note from the {marker}, 林晓").wait_for()
     chinese.filter(has_text=f"林晓，来自{marker}的问候").wait_for()
+    draft = stack.api("GET", "/templates/post_purchase_follow_up").json()
+    assert marker not in draft["locales"]["en"]["subject"], "a draft preview must not save"
+    shot(page, "08-template-draft")
+    page.get_by_test_id("template-save").click()
+    page.get_by_test_id("template-version").filter(has_text="crm-desk").wait_for()
+    english.filter(has_text=f"A note from the {marker}, 林晓").wait_for()
     shot(page, "08-template-after")
 
     broken = page.get_by_test_id("template-body-en")
     broken.fill("Hi {{ customer.display_name ")
+    english.filter(has_text="syntax").wait_for()  # the draft's error shows in the preview at once
     page.get_by_test_id("template-save").click()
     page.get_by_test_id("template-problem").filter(has_text="syntax").wait_for()  # outreach's reason, verbatim
     stored = stack.api("GET", "/templates/post_purchase_follow_up").json()

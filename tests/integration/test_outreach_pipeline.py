@@ -354,6 +354,19 @@ async def test_operators_steer_care_plans_templates_touches_and_reports(outreach
     assert "BDAY-A" in body["body"]
     english = await api.post("/internal/v1/care-plans/birthday/preview", json={"customer_id": cid, "locale": "en"})
     assert "birthday" in english.json()["body"].lower()
+    draft = {"en": {"subject": "Draft for {{ customer.display_name }}", "body": "Unsaved {{ offer.code }}"}}
+    drafted = await api.post(
+        "/internal/v1/care-plans/birthday/preview", json={"customer_id": cid, "locale": "en", "draft_locales": draft}
+    )
+    assert drafted.status_code == 200, drafted.text
+    assert drafted.json()["subject"] == "Draft for Zhang" and drafted.json()["body"] == "Unsaved BDAY-A"
+    stored = (await api.get("/internal/v1/templates/birthday")).json()
+    assert "Draft" not in stored["locales"]["en"]["subject"]  # a draft preview stores nothing
+    broken = await api.post(
+        "/internal/v1/care-plans/birthday/preview",
+        json={"customer_id": cid, "draft_locales": {"en": {"subject": "Hi {{ customer.", "body": "x"}}},
+    )
+    assert broken.status_code == 422 and "locales.en.subject" in broken.json()["problems"][0]
     unknown = await api.post("/internal/v1/care-plans/birthday/preview", json={"customer_id": "nobody"})
     assert unknown.status_code == 404 and "nobody" in unknown.json()["error"]
 

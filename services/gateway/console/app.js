@@ -599,9 +599,10 @@
     }, h("div", { text: item.name }), h("div", { class: "muted small", text: detail(item) }))));
   }
 
-  // Previews render the saved plan and template for a real customer through outreach, in both
-  // languages side by side; they refresh when the customer changes and after every save.
-  function previewPanel(planName) {
+  // Previews render the plan and template for a real customer through outreach, in both languages
+  // side by side; they refresh when the customer changes and after every save. With ``draft`` (the
+  // template editor) they render the texts as being edited, so a change is seen before it is saved.
+  function previewPanel(planName, draft = () => null) {
     const customer = h("input", { name: "customer_id", placeholder: t("plans.previewHint"), testid: "preview-customer", value: sessionStorage.getItem("huitou.previewCustomer") || "" });
     const boxes = Object.fromEntries(LOCALES.map((locale) => [locale, h("div", { class: "preview", testid: `preview-${locale}` })]));
     let timer = null;
@@ -616,6 +617,8 @@
         if (!id) { box.replaceChildren(h("span", { class: "muted", text: t("plans.previewHint") })); return; }
         try {
           const body = { locale, customer_id: id };
+          const drafted = draft();
+          if (drafted) body.draft_locales = drafted;
           const result = await api("POST", `/care-plans/${encodeURIComponent(planName())}/preview`, { body });
           if (mine !== generation) return;
           box.replaceChildren(h("div", { class: "preview-subject", text: result.subject }), h("div", { text: result.body }));
@@ -625,10 +628,11 @@
         }
       }));
     }
-    customer.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(refresh, 300); });
+    const schedule = () => { clearTimeout(timer); timer = setTimeout(refresh, 300); };
+    customer.addEventListener("input", schedule);
     const panel = card(t("plans.preview"), h("label", {}, t("plans.previewCustomer"), customer),
       h("div", { class: "grid" }, LOCALES.map((locale) => h("div", {}, h("h3", { text: locale }), boxes[locale]))));
-    return { panel, refresh, customer };
+    return { panel, refresh, schedule, customer };
   }
 
   async function planEditor(editor, name) {
@@ -667,7 +671,7 @@
     const locales = JSON.parse(JSON.stringify(template.locales || {}));
     const users = plans.filter((plan) => plan.definition.template === name).map((plan) => plan.name);
     const planChoice = h("select", { testid: "preview-plan" }, users.map((plan) => h("option", { value: plan, text: plan })));
-    const preview = previewPanel(() => planChoice.value);
+    const preview = previewPanel(() => planChoice.value, () => locales);
     planChoice.addEventListener("change", () => preview.refresh());
     const problem = h("p", { class: "error-text", testid: "template-problem" });
     const meta = h("p", { class: "muted small", testid: "template-version", text: versionLine(template) });
@@ -676,8 +680,8 @@
       const subject = h("input", { name: `subject-${locale}`, value: locales[locale].subject || "", testid: `template-subject-${locale}` });
       const body = h("textarea", { name: `body-${locale}`, rows: 7, testid: `template-body-${locale}`, spellcheck: false });
       body.value = locales[locale].body || "";
-      subject.addEventListener("input", () => { locales[locale].subject = subject.value; });
-      body.addEventListener("input", () => { locales[locale].body = body.value; });
+      subject.addEventListener("input", () => { locales[locale].subject = subject.value; preview.schedule(); });
+      body.addEventListener("input", () => { locales[locale].body = body.value; preview.schedule(); });
       return card(`${t("plans.editTemplate")}: ${name} · ${locale}`, h("label", {}, t("plans.subject"), subject), h("label", {}, t("plans.body"), body));
     });
     const save = async () => {
@@ -694,7 +698,8 @@
     editor.replaceChildren(
       ...fields,
       card(null, problem, meta,
-        canWrite() ? h("button", { type: "button", testid: "template-save", text: t("plans.saveAndPreview"), on: { click: save } }) : null),
+        h("p", { class: "muted small", text: t("plans.draftNote") }),
+        canWrite() ? h("button", { type: "button", testid: "template-save", text: t("common.save"), on: { click: save } }) : null),
       users.length ? card(null, h("label", {}, t("plans.previewWith"), planChoice)) : card(null, h("p", { class: "muted", text: t("plans.unused") })),
       preview.panel);
     await preview.refresh();

@@ -15,7 +15,7 @@ from services.outreach.care import sample_facts
 from services.outreach.channels import OutboundMessage, SendError, message_id
 from services.outreach.dispatcher import unsubscribe_url
 from services.outreach.plans import CarePlan, PlanError, parse_plan
-from services.outreach.render import Rendered, RenderError, build_context, render
+from services.outreach.render import Rendered, RenderError, TemplateSpec, build_context, render
 from services.outreach.routes.deps import (
     Outreach,
     OutreachDep,
@@ -24,6 +24,7 @@ from services.outreach.routes.deps import (
     not_found,
     unprocessable,
 )
+from services.outreach.routes.templates import validated_template
 from shared.contracts import Channel, CustomerSnapshot, Purpose
 from shared.db import transaction
 from shared.service import require_internal_token
@@ -50,6 +51,11 @@ class PreviewRequest(BaseModel):
     customer_id: str = Field(min_length=1, max_length=200, description="a customer whose file outreach holds")
     locale: str | None = Field(None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="default: the customer's")
     channel: Channel | None = None
+    draft_locales: dict[str, Any] | None = Field(
+        None,
+        description="the plan's template texts as being edited, in the template's `locales` form: rendered "
+        "instead of the saved template and not stored, so an editor can see a change before saving it",
+    )
 
 
 class PreviewView(BaseModel):
@@ -202,6 +208,7 @@ async def _render_for(
     customer_id: str | None,
     locale: str | None,
     channel: Channel | None,
+    draft_locales: dict[str, Any] | None = None,
 ) -> tuple[CarePlan, Rendered, str]:
     catalog = await outreach.catalog.current()
     active = catalog.book.get(name)
@@ -217,7 +224,10 @@ async def _render_for(
         snapshot = stored
     settings = outreach.settings
     wanted = locale or snapshot.locale or settings.default_locale
-    template = catalog.templates.get(plan.template)
+    if draft_locales is not None:  # checked as a save would check it, but only rendered
+        template: TemplateSpec | None = validated_template(plan.template, {"locales": draft_locales})
+    else:
+        template = catalog.templates.get(plan.template)
     if template is None:
         unprocessable("cannot render", [f"template {plan.template!r} does not exist"])
     terms = plan.offer.by_tier.get(snapshot.value_tier) if plan.offer and snapshot.value_tier else None
@@ -251,7 +261,9 @@ async def _render_for(
 
 @router.post("/{name}/preview", response_model=PreviewView, summary="Render the plan's template for a customer")
 async def preview(name: str, body: PreviewRequest, runtime: RuntimeDep, outreach: OutreachDep) -> PreviewView:
-    _, rendered, customer_id = await _render_for(outreach, runtime, name, body.customer_id, body.locale, body.channel)
+    _, rendered, customer_id = await _render_for(
+        outreach, runtime, name, body.customer_id, body.locale, body.channel, body.draft_locales
+    )
     return PreviewView(
         plan=name,
         customer_id=customer_id,

@@ -28,7 +28,8 @@ class TemplateView(BaseModel):
 router = APIRouter(prefix="/internal/v1/templates", dependencies=[Depends(require_internal_token)], tags=["templates"])
 
 
-def _validated(name: str, body: dict[str, Any]) -> TemplateSpec:
+def validated_template(name: str, body: dict[str, Any]) -> TemplateSpec:
+    """A template from a request body, checked as a save checks it: a 422 says what to fix."""
     if body.get("name", name) != name:
         unprocessable("invalid template", [f"name: the body says {body.get('name')!r}, the path {name!r}"])
     try:
@@ -62,7 +63,7 @@ async def create_template(
     runtime: RuntimeDep, outreach: OutreachDep, body: dict[str, Any] = Body(...), by: str = Query("operator")
 ) -> TemplateView:
     name = str(body.get("name") or "")
-    template = _validated(name, body)
+    template = validated_template(name, body)
     async with transaction(runtime.sessions) as session:
         if await repository.stored_template(session, template.name) is not None:
             conflict(f"template {template.name} exists; PUT /internal/v1/templates/{template.name} to change it")
@@ -82,7 +83,7 @@ async def update_template(
     body: dict[str, Any] = Body(...),
     by: str = Query("operator"),
 ) -> TemplateView:
-    template = _validated(name, body)
+    template = validated_template(name, body)
     async with transaction(runtime.sessions) as session:
         if await repository.stored_template(session, name) is None:
             not_found(f"template {name}")
