@@ -5,13 +5,17 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from services.scoring.customer_file import CustomerFile, display_name, preferred_category
-from services.scoring.population import PopulationModel
 from shared.contracts import ChurnBand, LifecycleStage, ValueTier
+
+# The gateway imports these views for its typed OpenAPI; the file and model modules pull in the
+# scoring maths (numpy, scipy), which the gateway never runs, so they are imported where used.
+if TYPE_CHECKING:
+    from services.scoring.customer_file import CustomerFile
+    from services.scoring.population import PopulationModel
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TAG = re.compile(r"^[^\s,](.*[^\s,])?$")
@@ -350,6 +354,8 @@ def file_view(
     count = int(engagement.get("rating_count", 0))
     last_rating = engagement.get("last_rating")
     intent = engagement.get("stated_intent")
+    from services.scoring.customer_file import display_name, preferred_category
+
     card = file.scores
     return CustomerFileView(
         customer_id=file.customer_id,
@@ -407,6 +413,8 @@ def file_view(
 
 
 def summary_view(file: CustomerFile) -> CustomerSummary:
+    from services.scoring.customer_file import display_name
+
     card = file.scores
     return CustomerSummary(
         customer_id=file.customer_id,
