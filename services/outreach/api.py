@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 from services.outreach.calendar_planner import CalendarPlanner
 from services.outreach.channels import ChannelAdapter, SmtpAdapter, SmtpConfig, WebhookAdapter
 from services.outreach.dispatcher import Dispatcher, release_leases
+from services.outreach.metrics import TouchCensus
 from services.outreach.planning import PlanCatalog
 from services.outreach.routes import customers, planner, plans, public, reports, tasks, templates, touches
 from services.outreach.routes.deps import Outreach
@@ -89,8 +90,10 @@ def create_app(settings: OutreachSettings | None = None) -> FastAPI:
         dispatcher = Dispatcher(runtime.sessions, settings, catalog, adapters, relays[0], metrics)
         calendar = CalendarPlanner(runtime.sessions, settings, catalog, relays[0])
         dispatching = runtime.spawn(dispatcher.run(), "dispatcher") if settings.dispatch_enabled else None
+        census = TouchCensus(metrics)
         runtime.spawn(calendar.run(), "calendar-planner")
-        runtime.on_close.extend([dispatcher.stop, calendar.stop])
+        runtime.spawn(census.run(runtime.sessions, settings.census_interval_seconds), "touch-census")
+        runtime.on_close.extend([dispatcher.stop, calendar.stop, census.stop])
         readiness.update(runtime.readiness(), consumer=consumer.check)
         app.state.runtime = runtime
         app.state.outreach = Outreach(settings, catalog, adapters, dispatcher, calendar)

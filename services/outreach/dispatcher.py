@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from services.outreach.channels import (
     SendError,
     message_id,
 )
-from services.outreach.metrics import TouchCensus
 from services.outreach.planning import PlanCatalog
 from services.outreach.plans import OfferTerms
 from services.outreach.policy import (
@@ -118,8 +116,6 @@ class Dispatcher:
         self._adapters = dict(adapters)
         self._relay = relay
         self._metrics = DispatchMetrics(metrics)
-        self._census = TouchCensus(metrics)
-        self._census_due = float("-inf")
         self._clock = clock
         self._jitter = jitter
         self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
@@ -151,7 +147,6 @@ class Dispatcher:
             try:
                 await self.recover()
                 handled = await self.dispatch_once()
-                await self._take_census()
                 failures = 0
             except Exception:
                 failures += 1
@@ -175,15 +170,6 @@ class Dispatcher:
             return
         async with self._write_lock, transaction(self._sessions) as session:
             yield session
-
-    async def _take_census(self) -> None:
-        """Refresh the touches-by-status gauges every 15 dispatcher intervals (15 s by default):
-        counting the whole table every round would cost more than the gauges are worth."""
-        if time.monotonic() < self._census_due:
-            return
-        async with self._sessions() as session:
-            await self._census.refresh(session, self._clock())
-        self._census_due = time.monotonic() + 15 * self._settings.dispatch_interval_seconds
 
     # --- claiming ---------------------------------------------------------------------------
 

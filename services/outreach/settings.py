@@ -82,6 +82,9 @@ class OutreachSettings(ServiceSettings):
     # --- dispatcher --------------------------------------------------------------------------
     dispatch_enabled: bool = Field(True, description="run the dispatcher in this process")
     dispatch_interval_seconds: float = Field(1.0, gt=0, description="idle poll interval of the dispatcher")
+    census_interval_seconds: float = Field(
+        15.0, gt=0, description="how often the touches-by-status gauges are recounted (every replica counts)"
+    )
     dispatch_batch: int = Field(100, ge=1, description="touches claimed per dispatcher round")
     dispatch_concurrency: int = Field(8, ge=1, description="customers served in parallel per round")
     dispatch_lease: timedelta = Field(

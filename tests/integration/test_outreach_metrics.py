@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.topics import CUSTOMERS
 from tests.integration import test_outreach_pipeline as pipeline_tests
-from tests.support import eventually
+from tests.support import Broker, eventually
 
 pytestmark = pytest.mark.broker
 outreach = pipeline_tests.outreach  # the outreach app's lifespan on a real broker, database and SMTP server
@@ -47,3 +47,26 @@ async def test_touches_by_status_on_metrics(outreach: pipeline_tests.Running) ->
     assert gauges["scheduled"] == 1  # the follow-up
     assert gauges["due"] == 0  # nothing overdue: the dispatcher keeps up
     assert gauges["failed"] == 0 and gauges["suppressed"] == 0 and gauges["pending_approval"] == 0
+
+
+async def test_a_replica_that_does_not_dispatch_still_reports_the_touches(broker: Broker, database_url: str) -> None:
+    async with pipeline_tests.running_outreach(broker, database_url, dispatch_enabled=False) as planning_only:
+        cid = pipeline_tests.customer_id("census-quiet", planning_only.settings)
+        first = pipeline_tests.updated(
+            cid,
+            1,
+            "purchase",
+            pipeline_tests.snapshot(order_count=1),
+            order_id="o-1",
+            occurred=datetime.now(UTC) - timedelta(hours=2),
+        )
+        await planning_only.produce(CUSTOMERS, first)
+        await planning_only.touch_of(cid, "welcome", "scheduled")
+
+        async def counted() -> dict[str, float] | None:
+            gauges = await touch_gauges(planning_only)
+            return gauges if gauges.get("scheduled") == 2 else None
+
+        gauges = await eventually(counted, timeout=30, what="the census in a replica that does not dispatch")
+        assert gauges["sent"] == 0
+        assert gauges["due"] == 1  # the welcome is overdue: nobody here sends it

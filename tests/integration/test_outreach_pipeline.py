@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -92,14 +93,25 @@ class Running:
 
 @pytest.fixture
 async def outreach(broker: Broker, database_url: str) -> AsyncIterator[Running]:
+    async with running_outreach(broker, database_url) as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_outreach(broker: Broker, database_url: str, **overrides: Any) -> AsyncIterator[Running]:
+    """The outreach app's lifespan on a real broker, database and SMTP server, with fast clocks."""
     smtp = SmtpRecorder().start()
     settings = OutreachSettings(
-        kafka_bootstrap_servers=broker.bootstrap,
-        database_url=database_url,
-        smtp_port=smtp.port,
-        dispatch_interval_seconds=0.2,
-        plan_refresh_seconds=0.2,
-        holdout_share=0.05,
+        **{
+            "kafka_bootstrap_servers": broker.bootstrap,
+            "database_url": database_url,
+            "smtp_port": smtp.port,
+            "dispatch_interval_seconds": 0.2,
+            "plan_refresh_seconds": 0.2,
+            "census_interval_seconds": 0.5,
+            "holdout_share": 0.05,
+            **overrides,
+        }
     )
     app = create_app(settings)
     try:
