@@ -1,14 +1,16 @@
 """Service layer of planning: the plans in force (cached, reloaded when edited anywhere), the
-shipped defaults seeded into the database, and ``apply_planned`` — turning a planned touch into a
-stored one under the contact policy (holdout, refusals, dedupe window, offer budget, approval)."""
+shipped defaults seeded into the database, ``apply_planned`` — turning a planned touch into a
+stored one under the contact policy (holdout, refusals, dedupe window, offer budget, approval) —
+and ``PlanningState``, what one consumer transaction reads and writes, held in memory."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -29,9 +31,11 @@ from services.outreach.plans import PlanError, load_plan_file, parse_plan, with_
 from services.outreach.policy import ConsentBook, explicitly_refused, in_holdout
 from services.outreach.render import TemplateSpec, load_template_file
 from services.outreach.settings import OutreachSettings
-from shared.contracts import CustomerSnapshot, Purpose, TouchStatus
+from services.outreach.tables import outbox, processed_events
+from shared.contracts import Channel, CustomerSnapshot, Purpose, TouchStatus
 from shared.db import transaction
 from shared.kafka import Outgoing
+from shared.ledger import claim_event, enqueue_many
 
 log = logging.getLogger("huitou.outreach.planning")
 
@@ -150,19 +154,45 @@ async def apply_planned(
     now: datetime,
     snapshot: CustomerSnapshot | None,
     trace_id: str | None = None,
-    known: PlanningReads | None = None,
+    state: PlanningState | None = None,
 ) -> list[Outgoing]:
     """Store one planned touch unless its key exists; returns the lifecycle messages to enqueue.
 
-    ``known`` carries what earlier touches of the same run already read, so a run of touches
-    does not ask the database the same questions once per touch."""
-    if known is not None and known.touch_keys is not None:
-        if planned.idempotency_key in known.touch_keys:
-            return []
-    elif await repository.touch_key_exists(session, planned.idempotency_key):
+    With ``state`` (the transaction's, shared by a run of touches) the touch is held there and
+    written when it flushes; without, it is written before this returns."""
+    own = state is None
+    if state is None:
+        state = PlanningState(session)
+    messages = await _place(
+        state,
+        planned,
+        cause_event_id=cause_event_id,
+        book=book,
+        settings=settings,
+        now=now,
+        snapshot=snapshot,
+        trace_id=trace_id,
+    )
+    if own:
+        await state.flush()
+    return messages
+
+
+async def _place(
+    state: PlanningState,
+    planned: PlannedTouch,
+    *,
+    cause_event_id: str,
+    book: PlanBook,
+    settings: OutreachSettings,
+    now: datetime,
+    snapshot: CustomerSnapshot | None,
+    trace_id: str | None,
+) -> list[Outgoing]:
+    if await state.touch_key_exists(planned):
         return []
-    if planned.dedupe_window is not None and await repository.recent_touch_of_plan(
-        session, planned.customer_id, planned.plan, planned.due_at, planned.dedupe_window
+    if planned.dedupe_window is not None and await state.recent_touch_of_plan(
+        planned.customer_id, planned.plan, planned.due_at, planned.dedupe_window
     ):
         return []  # a touch of this plan went (or goes) out within the window: not a new moment
     active = book.get(planned.plan)
@@ -176,14 +206,13 @@ async def apply_planned(
         status, reason, holdout = TouchStatus.SUPPRESSED.value, "holdout", True
         planned = _without_offer(planned)
     elif active is not None:
-        explicit = await _explicit_consents(session, planned.customer_id, known)
+        explicit = await state.explicit_consents(planned.customer_id)
         if explicitly_refused(active.plan.channels, planned.purpose, explicit, snapshot):
             status, reason = TouchStatus.SUPPRESSED.value, f"no_consent: refused on every channel ({planned.purpose})"
             planned = _without_offer(planned)
     if status == TouchStatus.SCHEDULED.value and planned.offer is not None and active is not None:
-        planned, status, reason = await _offer(session, planned, active, settings, snapshot, now)
-    touch_id = await repository.insert_touch(
-        session,
+        planned, status, reason = await _offer(state, planned, active, settings, now)
+    row = repository.touch_row(
         planned,
         cause_event_id=cause_event_id,
         status=status,
@@ -192,8 +221,8 @@ async def apply_planned(
         now=now,
         trace_id=trace_id,
     )
-    if known is not None and known.touch_keys is not None:
-        known.touch_keys.add(planned.idempotency_key)
+    state.add_touch(row)
+    touch_id = row["touch_id"]
     messages: list[Outgoing] = []
     common: dict[str, Any] = {
         "customer_id": planned.customer_id,
@@ -206,8 +235,14 @@ async def apply_planned(
     }
     if status == TouchStatus.SUPPRESSED.value:
         assert reason is not None
-        await repository.record_suppression(
-            session, touch_id=touch_id, customer_id=planned.customer_id, plan=planned.plan, reason=reason, now=now
+        state.add_suppression(
+            {
+                "touch_id": touch_id,
+                "customer_id": planned.customer_id,
+                "plan": planned.plan,
+                "reason": reason[:500],
+                "at": now,
+            }
         )
         messages.append(repository.lifecycle_message(status=TouchStatus.SUPPRESSED, reason=reason, **common))
         return messages
@@ -221,47 +256,322 @@ async def apply_planned(
         messages.append(repository.lifecycle_message(status=TouchStatus.SCHEDULED, reason=reason, **common))
     if planned.opens_task is not None:
         task = planned.opens_task
-        await repository.open_task(
-            session,
-            customer_id=planned.customer_id,
-            touch_id=touch_id,
-            kind=task.kind,
-            summary=_task_summary(planned),
-            acknowledge_by=now + task.acknowledge_within,
-            resolve_by=now + task.resolve_within,
-            now=now,
+        state.add_task(
+            {
+                "task_id": repository.task_id_for(touch_id),
+                "customer_id": planned.customer_id,
+                "touch_id": touch_id,
+                "kind": task.kind,
+                "status": "open",
+                "summary": _task_summary(planned),
+                "acknowledge_by": now + task.acknowledge_within,
+                "resolve_by": now + task.resolve_within,
+                "created_at": now,
+            }
         )
     return messages
 
 
 @dataclass
-class PlanningReads:
-    """Reads shared by the touches one event plans, all in one transaction.
+class _Held:
+    """The snapshot outreach holds of one customer, as this transaction sees it."""
 
-    ``touch_keys``: the existing idempotency keys among the run's touches, looked up together
-    (see ``repository.existing_touch_keys``) and extended as touches are stored; None means
-    "not looked up", and each touch asks on its own. ``consents``: explicit consents per
-    customer, read once; valid as long as nothing in the run records a consent.
+    version: int | None = None
+    stored: Any = None  # the stored JSON, validated only if someone reads it
+    snapshot: CustomerSnapshot | None = None
+    validated: bool = True
+    tombstone: int | None = None
+    changed_at: datetime | None = None  # set: the snapshot is to be written
+
+
+class PlanningState:
+    """What one transaction reads and writes for outreach's consumer, held in memory.
+
+    Reads arrive in one query per kind (claimed ids, snapshots and tombstones, consents,
+    touches) for all the customers a batch names — ``prefetch`` — or, for a customer nobody
+    announced, per customer on first use. Each event then reads and changes this state, so a
+    later event sees an earlier one's claim, snapshot, consents and touches. Writes are kept and
+    ``flush`` sends them before the commit, one statement per table (an erasure: one per table
+    it clears), the outbox last in the order the messages were produced.
+
+    ``exact_keys``: a planned touch's idempotency key is also looked up in the whole table, not
+    only among its customer's touches. Keys carry their customer's id, so the prefetched
+    touches answer a batch; a transaction of one (the loop's fallback) asks the table, as the
+    unique index is the final word.
     """
 
-    touch_keys: set[str] | None = None
-    consents: dict[str, ConsentBook] = field(default_factory=dict)
+    def __init__(self, session: AsyncSession, *, exact_keys: bool = True) -> None:
+        self.session = session
+        self._exact_keys = exact_keys
+        self._claims_known: set[str] = set()  # ids whose claim was looked up in advance
+        self._claimed: set[str] = set()  # applied before, or in this transaction
+        self._new_claims: list[tuple[str, datetime]] = []
+        self._held: dict[str, _Held] = {}
+        self._consents: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        self._changed_consents: set[tuple[str, str, str]] = set()
+        self._touches: dict[str, list[dict[str, Any]]] = {}
+        self._keys: dict[str, str | None] = {}  # idempotency key -> its customer (None: found by key)
+        self._keys_looked_up: set[str] = set()
+        self._new_touches: list[dict[str, Any]] = []
+        self._touch_changes: dict[str, dict[str, Any]] = {}  # stored touch id -> columns to set
+        self._suppressions: list[dict[str, Any]] = []
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._erased: dict[str, tuple[int, datetime]] = {}  # customer -> (tombstone version, when)
+        self._spent: dict[tuple[str, datetime], Decimal] = {}
+        self.messages: list[Outgoing] = []
 
+    # --- reads ----------------------------------------------------------------------------
 
-async def _explicit_consents(session: AsyncSession, customer_id: str, known: PlanningReads | None) -> ConsentBook:
-    if known is None:
-        return await repository.explicit_consents(session, customer_id)
-    if customer_id not in known.consents:
-        known.consents[customer_id] = await repository.explicit_consents(session, customer_id)
-    return known.consents[customer_id]
+    async def prefetch(self, customer_ids: set[str], event_ids: list[str]) -> None:
+        """Read what a batch's events will need, one query per kind."""
+        self._claimed |= await repository.claimed_among(self.session, processed_events, event_ids)
+        self._claims_known |= set(event_ids)
+        await self._load_customers(customer_ids)
+        await self._load_consents(customer_ids)
+        await self._load_touches(customer_ids)
+
+    async def _load_customers(self, customer_ids: set[str]) -> None:
+        missing = [c for c in customer_ids if c not in self._held]
+        if not missing:
+            return
+        stored = await repository.stored_customers(self.session, missing)
+        tombstones = await repository.tombstones(self.session, missing)
+        for customer_id in missing:
+            version, data = stored.get(customer_id, (None, None))
+            self._held[customer_id] = _Held(
+                version=version, stored=data, validated=data is None, tombstone=tombstones.get(customer_id)
+            )
+
+    async def _load_consents(self, customer_ids: set[str]) -> None:
+        missing = [c for c in customer_ids if c not in self._consents]
+        if missing:
+            found = await repository.consents_of(self.session, missing)
+            for customer_id in missing:
+                self._consents[customer_id] = found.get(customer_id, {})
+
+    async def _load_touches(self, customer_ids: set[str]) -> None:
+        missing = [c for c in customer_ids if c not in self._touches]
+        if missing:
+            found = await repository.touches_of(self.session, missing)
+            for customer_id in missing:
+                rows = found.get(customer_id, [])
+                self._touches[customer_id] = rows
+                self._keys.update((row["idempotency_key"], customer_id) for row in rows)
+
+    async def _customer(self, customer_id: str) -> _Held:
+        await self._load_customers({customer_id})
+        return self._held[customer_id]
+
+    async def _touches_of(self, customer_id: str) -> list[dict[str, Any]]:
+        await self._load_touches({customer_id})
+        return self._touches[customer_id]
+
+    async def snapshot(self, customer_id: str) -> CustomerSnapshot | None:
+        held = await self._customer(customer_id)
+        if not held.validated:
+            held.snapshot, held.validated = CustomerSnapshot.model_validate(held.stored), True
+        return held.snapshot
+
+    async def explicit_consents(self, customer_id: str) -> ConsentBook:
+        await self._load_consents({customer_id})
+        return {key: bool(row["granted"]) for key, row in self._consents[customer_id].items()}
+
+    async def look_up_keys(self, planned: Sequence[PlannedTouch]) -> None:
+        """Make ``touch_key_exists`` answer these touches from memory (one query for all)."""
+        await self._load_touches({touch.customer_id for touch in planned})
+        if not self._exact_keys:
+            return
+        unknown = {t.idempotency_key for t in planned} - self._keys.keys() - self._keys_looked_up
+        if unknown:
+            for key in await repository.existing_touch_keys(self.session, sorted(unknown)):
+                self._keys.setdefault(key, None)
+            self._keys_looked_up |= unknown
+
+    async def touch_key_exists(self, planned: PlannedTouch) -> bool:
+        await self.look_up_keys([planned])
+        return planned.idempotency_key in self._keys
+
+    async def recent_touch_of_plan(self, customer_id: str, plan: str, around: datetime, window: timedelta) -> bool:
+        return any(
+            row["plan"] == plan
+            and row["status"] != TouchStatus.CANCELLED.value
+            and around - window < row["due_at"] < around + window
+            for row in await self._touches_of(customer_id)
+        )
+
+    async def offer_spent(self, plan: str, since: datetime) -> Decimal:
+        """``repository.offer_spent`` as this transaction would see it."""
+        if (plan, since) not in self._spent:
+            self._spent[plan, since] = await repository.offer_spent(self.session, plan, since, list(self._erased))
+        unsaved = sum(
+            (
+                row["offer_value"]
+                for row in self._new_touches
+                if row["plan"] == plan
+                and row["created_at"] >= since
+                and row["offer_value"] is not None
+                and row["status"] not in repository.NOT_SPENT
+            ),
+            Decimal(0),
+        )
+        return self._spent[plan, since] + unsaved
+
+    # --- changes --------------------------------------------------------------------------
+
+    async def claim(self, event_id: str, now: datetime) -> bool:
+        """Claim the event's id; False if it was applied before (or earlier in this transaction)."""
+        if event_id in self._claimed:
+            return False
+        self._claimed.add(event_id)
+        if event_id in self._claims_known:
+            self._new_claims.append((event_id, now))
+            return True
+        # Not announced: claim it now, the way a transaction of one does.
+        return await claim_event(self.session, processed_events, event_id)
+
+    async def remember(self, customer_id: str, version: int, snapshot: CustomerSnapshot, now: datetime) -> bool:
+        """``repository.remember_customer`` in memory: False when older than what we hold (or
+        than an erasure)."""
+        held = await self._customer(customer_id)
+        if held.tombstone is not None and version <= held.tombstone:
+            return False
+        if held.version is not None and version <= held.version:
+            return False
+        held.version, held.snapshot, held.validated, held.changed_at = version, snapshot, True, now
+        return True
+
+    async def record_consent(
+        self,
+        customer_id: str,
+        channel: str,
+        purpose: str,
+        granted: bool,
+        occurred_at: datetime,
+        source: str,
+        event_id: str | None,
+    ) -> bool:
+        """``repository.record_consent`` in memory."""
+        await self._load_consents({customer_id})
+        book = self._consents[customer_id]
+        changed = False
+        for one in [c.value for c in Channel] if channel == "all" else [channel]:
+            stored = book.get((one, purpose))
+            if stored is None or occurred_at >= stored["occurred_at"]:
+                book[one, purpose] = {
+                    "customer_id": customer_id,
+                    "channel": one,
+                    "purpose": purpose,
+                    "granted": granted,
+                    "occurred_at": occurred_at,
+                    "source": source,
+                    "event_id": event_id,
+                }
+                self._changed_consents.add((customer_id, one, purpose))
+                changed = True
+        return changed
+
+    async def attribute_purchase(
+        self, customer_id: str, order_id: str | None, amount: Decimal | None, occurred_at: datetime, now: datetime
+    ) -> list[dict[str, Any]]:
+        """``repository.attribute_purchase`` in memory."""
+        converted = []
+        for row in await self._touches_of(customer_id):
+            if row["converted_at"] is not None:
+                continue
+            sent = row["status"] == TouchStatus.SENT.value
+            if not (sent or (row["status"] == TouchStatus.SUPPRESSED.value and row["holdout"])):
+                continue
+            start = row["sent_at"] if sent else row["due_at"]
+            if start is None or not (start <= occurred_at <= start + timedelta(seconds=row["attribution_seconds"])):
+                continue
+            values: dict[str, Any] = {"converted_at": occurred_at, "converted_order_id": order_id, "revenue": amount}
+            if sent:
+                values["status"] = TouchStatus.CONVERTED.value
+                converted.append({**row, **values})
+            row.update(values, updated_at=now)
+            if not row.get("unsaved"):
+                self._touch_changes.setdefault(row["touch_id"], {}).update(values, updated_at=now)
+        return converted
+
+    async def erase(self, customer_id: str, now: datetime) -> None:
+        """``repository.erase_customer`` in memory: what earlier events of this transaction
+        planned for the customer goes too; the tombstone keeps the newest version seen."""
+        held = await self._customer(customer_id)
+        tombstone = held.version or 0
+        held.tombstone = tombstone if held.tombstone is None else max(held.tombstone, tombstone)
+        held.version, held.stored, held.snapshot, held.validated, held.changed_at = None, None, None, True, None
+        self._erased[customer_id] = (held.tombstone, now)
+        self._consents[customer_id] = {}
+        self._changed_consents = {key for key in self._changed_consents if key[0] != customer_id}
+        gone = {row["touch_id"] for row in self._touches.get(customer_id, [])}
+        self._touches[customer_id] = []
+        self._keys = {key: owner for key, owner in self._keys.items() if owner != customer_id}
+        self._new_touches = [row for row in self._new_touches if row["customer_id"] != customer_id]
+        self._touch_changes = {t: values for t, values in self._touch_changes.items() if t not in gone}
+        self._suppressions = [row for row in self._suppressions if row["customer_id"] != customer_id]
+        self._tasks = {t: row for t, row in self._tasks.items() if row["customer_id"] != customer_id}
+        self._spent.clear()  # the budget no longer counts the customer's offers
+
+    def add_touch(self, row: dict[str, Any]) -> None:
+        customer_id = row["customer_id"]
+        assert customer_id in self._touches, "a touch is stored after its key was looked up"
+        row["unsaved"] = True
+        self._touches[customer_id].append(row)
+        self._new_touches.append(row)
+        self._keys[row["idempotency_key"]] = customer_id
+
+    def add_suppression(self, row: dict[str, Any]) -> None:
+        self._suppressions.append(row)
+
+    def add_task(self, row: dict[str, Any]) -> None:
+        self._tasks.setdefault(row["task_id"], row)
+
+    def enqueue(self, messages: list[Outgoing]) -> None:
+        self.messages += messages
+
+    async def flush(self) -> None:
+        """Write what the transaction changed: erasures first (what follows them in the
+        transaction is written after), the outbox last."""
+        session = self.session
+        await repository.claim_many(session, processed_events, self._new_claims)
+        await repository.erase_many(session, self._erased)
+        await repository.remember_many(
+            session,
+            [
+                {
+                    "customer_id": customer_id,
+                    "version": held.version,
+                    "snapshot": held.snapshot.model_dump(mode="json") if held.snapshot else None,
+                    "updated_at": held.changed_at,
+                }
+                for customer_id, held in self._held.items()
+                if held.changed_at is not None
+            ],
+        )
+        await repository.save_consents(
+            session, [self._consents[c][channel, purpose] for c, channel, purpose in sorted(self._changed_consents)]
+        )
+        await repository.insert_touches(
+            session, [{name: value for name, value in row.items() if name != "unsaved"} for row in self._new_touches]
+        )
+        await repository.update_touches(session, self._touch_changes)
+        await repository.insert_suppressions(session, self._suppressions)
+        await repository.open_tasks(session, list(self._tasks.values()))
+        await enqueue_many(session, outbox, self.messages)
+        # Written: a later flush of the same state writes only what changes after this one.
+        for row in self._new_touches:
+            row.pop("unsaved")
+        self._new_claims, self._erased, self._changed_consents, self._new_touches = [], {}, set(), []
+        self._touch_changes, self._suppressions, self._tasks, self.messages = {}, [], {}, []
+        for held in self._held.values():
+            held.changed_at = None
 
 
 async def _offer(
-    session: AsyncSession,
+    state: PlanningState,
     planned: PlannedTouch,
     active: ActivePlan,
     settings: OutreachSettings,
-    snapshot: CustomerSnapshot | None,
     now: datetime,
 ) -> tuple[PlannedTouch, str, str | None]:
     plan = active.plan
@@ -270,7 +580,7 @@ async def _offer(
     if plan.offer.budget is not None:
         local_now = now.astimezone(customer_zone(None, settings.default_timezone))
         since = budget_period_start(plan.offer.budget.per, local_now)
-        spent = await repository.offer_spent(session, plan.name, since)
+        spent = await state.offer_spent(plan.name, since)
     decision = decide_offer(plan, planned.offer, spent_this_period=spent)
     if decision.terms is None:
         return _without_offer(planned), TouchStatus.SCHEDULED.value, decision.note

@@ -44,6 +44,8 @@ PENDING_APPROVAL = "pending_approval"
 SENDING = "sending"
 OPEN_STATUSES = (PENDING_APPROVAL, TouchStatus.SCHEDULED.value, SENDING)
 ALL_STATUSES = (PENDING_APPROVAL, SENDING, *(s.value for s in TouchStatus))
+# Touches whose offer does not count against its plan's budget.
+NOT_SPENT = (TouchStatus.CANCELLED.value, TouchStatus.SUPPRESSED.value, TouchStatus.FAILED.value)
 
 
 # --- customers --------------------------------------------------------------------------------
@@ -226,11 +228,6 @@ def touch_id_for(idempotency_key: str) -> str:
     return str(uuid5(NAMESPACE_URL, f"huitou:touch/{idempotency_key}"))
 
 
-async def touch_key_exists(session: AsyncSession, idempotency_key: str) -> bool:
-    found = await session.scalar(select(touches.c.touch_id).where(touches.c.idempotency_key == idempotency_key))
-    return found is not None
-
-
 async def existing_touch_keys(session: AsyncSession, idempotency_keys: Sequence[str]) -> set[str]:
     """Which of these keys already have a touch: one look-up for all the touches an event plans."""
     if not idempotency_keys:
@@ -239,79 +236,6 @@ async def existing_touch_keys(session: AsyncSession, idempotency_keys: Sequence[
         select(touches.c.idempotency_key).where(touches.c.idempotency_key.in_(set(idempotency_keys)))
     )
     return set(found)
-
-
-async def recent_touch_of_plan(
-    session: AsyncSession, customer_id: str, plan: str, around: datetime, window: timedelta
-) -> bool:
-    found = await session.scalar(
-        select(touches.c.touch_id)
-        .where(
-            touches.c.customer_id == customer_id,
-            touches.c.plan == plan,
-            touches.c.status != TouchStatus.CANCELLED.value,
-            touches.c.due_at > around - window,
-            touches.c.due_at < around + window,
-        )
-        .limit(1)
-    )
-    return found is not None
-
-
-async def offer_spent(session: AsyncSession, plan: str, since: datetime) -> Decimal:
-    total = await session.scalar(
-        select(func.sum(touches.c.offer_value)).where(
-            touches.c.plan == plan,
-            touches.c.created_at >= since,
-            touches.c.offer_value.is_not(None),
-            touches.c.status.not_in(
-                [TouchStatus.CANCELLED.value, TouchStatus.SUPPRESSED.value, TouchStatus.FAILED.value]
-            ),
-        )
-    )
-    # sum() keeps the Money column type, so the result is already a Decimal.
-    return Decimal(total or 0)
-
-
-async def insert_touch(
-    session: AsyncSession,
-    planned: PlannedTouch,
-    *,
-    cause_event_id: str,
-    status: str,
-    reason: str | None,
-    holdout: bool,
-    now: datetime,
-    trace_id: str | None = None,
-) -> str:
-    touch_id = touch_id_for(planned.idempotency_key)
-    offer = planned.offer
-    await session.execute(
-        insert(touches).values(
-            touch_id=touch_id,
-            customer_id=planned.customer_id,
-            plan=planned.plan,
-            plan_version=planned.plan_version,
-            channel=planned.channel.value if planned.channel else None,
-            status=status,
-            due_at=planned.due_at,
-            expires_at=planned.expires_at,
-            idempotency_key=planned.idempotency_key,
-            cause_event_id=cause_event_id,
-            reason=reason,
-            purpose=planned.purpose.value,
-            priority=planned.priority,
-            holdout=holdout,
-            attribution_seconds=int(planned.attribution_window.total_seconds()),
-            context=planned.context,
-            offer=offer.model_dump(mode="json") if offer else None,
-            offer_value=offer.value if offer else None,
-            trace_id=trace_id,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    return touch_id
 
 
 async def get_touch(session: AsyncSession, touch_id: str, *, lock: bool = False) -> dict[str, Any] | None:
@@ -543,36 +467,6 @@ async def attribute_purchase(
 # --- operator tasks ---------------------------------------------------------------------------
 
 
-async def open_task(
-    session: AsyncSession,
-    *,
-    customer_id: str,
-    touch_id: str,
-    kind: str,
-    summary: str,
-    acknowledge_by: datetime,
-    resolve_by: datetime,
-    now: datetime,
-) -> str:
-    task_id = str(uuid5(NAMESPACE_URL, f"huitou:task/{touch_id}"))
-    exists = await session.scalar(select(operator_tasks.c.task_id).where(operator_tasks.c.task_id == task_id))
-    if exists is None:
-        await session.execute(
-            insert(operator_tasks).values(
-                task_id=task_id,
-                customer_id=customer_id,
-                touch_id=touch_id,
-                kind=kind,
-                status="open",
-                summary=summary,
-                acknowledge_by=acknowledge_by,
-                resolve_by=resolve_by,
-                created_at=now,
-            )
-        )
-    return task_id
-
-
 async def list_tasks(
     session: AsyncSession, *, status: str | None, customer_id: str | None, limit: int, offset: int
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -778,3 +672,246 @@ def _period(since: datetime | None, until: datetime | None) -> list[Any]:
     if until is not None:
         conditions.append(touches.c.due_at < until)
     return conditions
+
+
+# --- many customers at once: the consumer's batched transactions ------------------------------
+# A batch transaction reads what its events need in one query per kind and writes at its end in
+# one statement per table (see planning.PlanningState): per-event round trips dominated planning.
+
+# What planning and conversion read of a touch; not its context or offer (large, never read back).
+HELD_TOUCH_COLUMNS = (
+    touches.c.touch_id,
+    touches.c.customer_id,
+    touches.c.plan,
+    touches.c.channel,
+    touches.c.status,
+    touches.c.due_at,
+    touches.c.idempotency_key,
+    touches.c.holdout,
+    touches.c.sent_at,
+    touches.c.converted_at,
+    touches.c.attribution_seconds,
+    touches.c.offer_value,
+    touches.c.created_at,
+    touches.c.trace_id,
+)
+
+
+async def claimed_among(session: AsyncSession, table: Any, event_ids: Sequence[str]) -> set[str]:
+    """Which of these event ids were applied before (the ledger is ``table``)."""
+    if not event_ids:
+        return set()
+    found = await session.scalars(select(table.c.event_id).where(table.c.event_id.in_(set(event_ids))))
+    return set(found)
+
+
+async def claim_many(session: AsyncSession, table: Any, claims: Sequence[tuple[str, datetime]]) -> None:
+    """Record these (event id, when) as applied. A plain insert on purpose: an id another replica
+    claimed meanwhile raises the unique violation, which is not transient, so the batch rolls back
+    and is re-applied one event per transaction, where ``shared.ledger.claim_event`` sees the
+    earlier claim and skips the event."""
+    if claims:
+        await session.execute(insert(table), [{"event_id": e, "processed_at": at} for e, at in claims])
+
+
+async def stored_customers(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, tuple[int, Any]]:
+    """(version, snapshot as stored) per customer we hold."""
+    if not customer_ids:
+        return {}
+    rows = await session.execute(
+        select(customers.c.customer_id, customers.c.version, customers.c.snapshot).where(
+            customers.c.customer_id.in_(set(customer_ids))
+        )
+    )
+    return {row.customer_id: (row.version, row.snapshot) for row in rows}
+
+
+async def tombstones(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, int]:
+    if not customer_ids:
+        return {}
+    rows = await session.execute(
+        select(erasures.c.customer_id, erasures.c.version).where(erasures.c.customer_id.in_(set(customer_ids)))
+    )
+    return {row.customer_id: row.version for row in rows}
+
+
+async def consents_of(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], Any]]:
+    """Explicit consent rows per customer, by (channel, purpose)."""
+    held: dict[str, dict[tuple[str, str], Any]] = {}
+    if not customer_ids:
+        return held
+    rows = (await session.execute(select(consents).where(consents.c.customer_id.in_(set(customer_ids))))).mappings()
+    for row in rows:
+        held.setdefault(row["customer_id"], {})[(row["channel"], row["purpose"])] = dict(row)
+    return held
+
+
+async def touches_of(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every touch of these customers (``HELD_TOUCH_COLUMNS``), per customer."""
+    held: dict[str, list[dict[str, Any]]] = {}
+    if not customer_ids:
+        return held
+    rows = (
+        await session.execute(select(*HELD_TOUCH_COLUMNS).where(touches.c.customer_id.in_(set(customer_ids))))
+    ).mappings()
+    for row in rows:
+        held.setdefault(row["customer_id"], []).append(dict(row))
+    return held
+
+
+async def offer_spent(session: AsyncSession, plan: str, since: datetime, excluding: Sequence[str] = ()) -> Decimal:
+    """What the plan's offers committed since ``since``; not counting the touches of the customers
+    ``excluding`` (erased earlier in the transaction, their rows not deleted yet)."""
+    conditions: list[ColumnElement[bool]] = [
+        touches.c.plan == plan,
+        touches.c.created_at >= since,
+        touches.c.offer_value.is_not(None),
+        touches.c.status.not_in(NOT_SPENT),
+    ]
+    if excluding:
+        conditions.append(touches.c.customer_id.not_in(list(excluding)))
+    total = await session.scalar(select(func.sum(touches.c.offer_value)).where(*conditions))
+    # sum() keeps the Money column type, so the result is already a Decimal.
+    return Decimal(total or 0)
+
+
+def _upsert_for(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert
+    if dialect == "sqlite":
+        return sqlite_insert
+    raise NotImplementedError(f"only SQLite and PostgreSQL are supported, not {dialect}")  # pragma: no cover
+
+
+async def erase_many(session: AsyncSession, erased: Mapping[str, tuple[int, datetime]]) -> None:
+    """``erase_customer`` for several customers: customer -> (tombstone version, erased at), the
+    versions already worked out by the caller."""
+    if not erased:
+        return
+    ids = list(erased)
+    touch_ids = select(touches.c.touch_id).where(touches.c.customer_id.in_(ids))
+    await session.execute(delete(touch_attempts).where(touch_attempts.c.touch_id.in_(touch_ids)))
+    for table in (touches, consents, suppressions, operator_tasks, customers):
+        await session.execute(delete(table).where(table.c.customer_id.in_(ids)))
+    statement = _upsert_for(session)(erasures)
+    statement = statement.on_conflict_do_update(
+        index_elements=[erasures.c.customer_id],
+        set_={"version": statement.excluded.version, "erased_at": statement.excluded.erased_at},
+    )
+    await session.execute(
+        statement, [{"customer_id": c, "version": v, "erased_at": at} for c, (v, at) in erased.items()]
+    )
+
+
+async def remember_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write snapshots (``customer_id``, ``version``, ``snapshot``, ``updated_at``), each only over
+    an older stored version: the caller decided they are newer, this keeps it true if a concurrent
+    writer got there first."""
+    if not rows:
+        return
+    statement = _upsert_for(session)(customers)
+    statement = statement.on_conflict_do_update(
+        index_elements=[customers.c.customer_id],
+        set_={
+            "version": statement.excluded.version,
+            "snapshot": statement.excluded.snapshot,
+            "updated_at": statement.excluded.updated_at,
+        },
+        where=customers.c.version < statement.excluded.version,
+    )
+    await session.execute(statement, list(rows))
+
+
+async def save_consents(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write consent rows (the latest decision per customer, channel and purpose); a decision
+    stored meanwhile (an unsubscribe link) is overwritten only by a later one, as in
+    ``record_consent``."""
+    if not rows:
+        return
+    statement = _upsert_for(session)(consents)
+    statement = statement.on_conflict_do_update(
+        index_elements=[consents.c.customer_id, consents.c.channel, consents.c.purpose],
+        set_={name: statement.excluded[name] for name in ("granted", "occurred_at", "source", "event_id")},
+        where=consents.c.occurred_at <= statement.excluded.occurred_at,
+    )
+    await session.execute(statement, list(rows))
+
+
+def touch_row(
+    planned: PlannedTouch,
+    *,
+    cause_event_id: str,
+    status: str,
+    reason: str | None,
+    holdout: bool,
+    now: datetime,
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    """The ``touches`` row of a planned touch (what ``insert_touch`` writes)."""
+    offer = planned.offer
+    return {
+        "touch_id": touch_id_for(planned.idempotency_key),
+        "customer_id": planned.customer_id,
+        "plan": planned.plan,
+        "plan_version": planned.plan_version,
+        "channel": planned.channel.value if planned.channel else None,
+        "status": status,
+        "due_at": planned.due_at,
+        "expires_at": planned.expires_at,
+        "idempotency_key": planned.idempotency_key,
+        "cause_event_id": cause_event_id,
+        "reason": reason,
+        "purpose": planned.purpose.value,
+        "priority": planned.priority,
+        "holdout": holdout,
+        "attribution_seconds": int(planned.attribution_window.total_seconds()),
+        "context": planned.context,
+        "offer": offer.model_dump(mode="json") if offer else None,
+        "offer_value": offer.value if offer else None,
+        "trace_id": trace_id,
+        "created_at": now,
+        "updated_at": now,
+        # Unset on a new touch; present so conversion reads it as it reads a loaded one.
+        "sent_at": None,
+        "converted_at": None,
+        "converted_order_id": None,
+        "revenue": None,
+    }
+
+
+async def insert_touches(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(touches), [dict(row) for row in rows])
+
+
+async def update_touches(session: AsyncSession, changes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set columns of stored touches, by touch id: one executemany per set of columns changed."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for touch_id, values in changes.items():
+        by_columns.setdefault(tuple(sorted(values)), []).append({"b_touch_id": touch_id, **values})
+    for columns, rows in by_columns.items():
+        statement = (
+            update(touches)
+            .where(touches.c.touch_id == bindparam("b_touch_id"))
+            .values({name: bindparam(name) for name in columns})
+        )
+        await session.execute(statement, rows)
+
+
+async def insert_suppressions(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(suppressions), [dict(row) for row in rows])
+
+
+async def open_tasks(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``open_task`` for several touches: a task already open for its touch is kept as it is."""
+    if rows:
+        statement = _upsert_for(session)(operator_tasks).on_conflict_do_nothing(
+            index_elements=[operator_tasks.c.task_id]
+        )
+        await session.execute(statement, [dict(row) for row in rows])
+
+
+def task_id_for(touch_id: str) -> str:
+    return str(uuid5(NAMESPACE_URL, f"huitou:task/{touch_id}"))

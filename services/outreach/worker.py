@@ -26,9 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.outreach import repository
 from services.outreach.care import PlanBook, PlannedTouch, plan_calendar, plan_intake, plan_update
-from services.outreach.planning import PlanCatalog, PlanningReads, apply_planned, planning_defaults
+from services.outreach.planning import PlanCatalog, PlanningState, apply_planned, planning_defaults
 from services.outreach.settings import OutreachSettings
-from services.outreach.tables import outbox, processed_events
 from shared.contracts import (
     AnyEvent,
     ConsentEvent,
@@ -41,7 +40,7 @@ from shared.contracts import (
 )
 from shared.db import transaction
 from shared.kafka import Outgoing
-from shared.ledger import OutboxRelay, claim_event, enqueue_many
+from shared.ledger import OutboxRelay
 from shared.observability import ServiceMetrics
 
 HANDLED = (CustomerUpdatedEvent, CustomerErasedEvent, ConsentEvent, PurchaseEvent, InteractionEvent)
@@ -72,38 +71,47 @@ class OutreachHandler:
 
     @asynccontextmanager
     async def transaction(self, upcoming: Sequence[AnyEvent] = ()) -> AsyncIterator[Apply]:
-        """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`."""
+        """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`.
+
+        What ``upcoming`` will read is fetched up front, one query per kind, and what the events
+        change is written at the end, one statement per table (round trips, not planning,
+        dominated the cost of an event)."""
         catalog = await self._catalog.current()
         outcome = _Outcome()
         async with transaction(self._sessions) as session:
+            # A transaction of one asks the touch table for its keys, exactly as the unique index
+            # will judge them: it is the fallback when a batch failed.
+            state = PlanningState(session, exact_keys=not upcoming)
+            await state.prefetch(*_named(upcoming))
 
             async def apply(event: AnyEvent, _record: ConsumerRecord[bytes, bytes] | None = None) -> None:
-                await self._apply(session, event, catalog.book, outcome)
+                await self._apply(state, event, catalog.book, outcome)
 
             yield apply
+            outcome.queued = bool(state.messages)
+            await state.flush()
         # Only now is the work durable: a rolled-back batch is retried, and counts nothing twice.
         if outcome.duplicates:
             self._metrics.duplicates_skipped.labels("outreach").inc(outcome.duplicates)
         if outcome.queued:
             self._relay.notify()
 
-    async def _apply(self, session: AsyncSession, event: AnyEvent, book: PlanBook, outcome: _Outcome) -> None:
+    async def _apply(self, state: PlanningState, event: AnyEvent, book: PlanBook, outcome: _Outcome) -> None:
         """Claim the event, apply it, and put the messages it calls for in the outbox."""
         if not isinstance(event, HANDLED):
             return
-        if not await claim_event(session, processed_events, event.event_id):
+        now = datetime.now(UTC)
+        if not await state.claim(event.event_id, now):
             outcome.duplicates += 1
             return
-        now = datetime.now(UTC)
         messages: list[Outgoing] = []
         match event:
             case CustomerUpdatedEvent():
-                messages = await self._customer_updated(session, event, book, now)
+                messages = await self._customer_updated(state, event, book, now)
             case CustomerErasedEvent():
-                await repository.erase_customer(session, event.customer_id, now)
+                await state.erase(event.customer_id, now)
             case ConsentEvent(payload=consent):
-                await repository.record_consent(
-                    session,
+                await state.record_consent(
                     event.customer_id,
                     str(consent.channel),
                     consent.purpose.value,
@@ -114,27 +122,26 @@ class OutreachHandler:
                 )
             case PurchaseEvent(payload=order):
                 messages = await self._convert(
-                    session, event.customer_id, order.order_id, order.amount, event.occurred_at, now
+                    state, event.customer_id, order.order_id, order.amount, event.occurred_at, now
                 )
             case InteractionEvent():
-                snapshot = await repository.load_snapshot(session, event.customer_id)
+                snapshot = await state.snapshot(event.customer_id)
                 planned = plan_intake(event, snapshot, book, now=now, defaults=self._defaults)
-                messages = await self._store(session, planned, event.event_id, book, now, event.trace_id)
-        await enqueue_many(session, outbox, messages)
-        outcome.queued |= bool(messages)
+                messages = await self._store(state, planned, event.event_id, book, now, event.trace_id)
+        state.enqueue(messages)
 
     async def _customer_updated(
-        self, session: AsyncSession, event: CustomerUpdatedEvent, book: PlanBook, now: datetime
+        self, state: PlanningState, event: CustomerUpdatedEvent, book: PlanBook, now: datetime
     ) -> list[Outgoing]:
         update = event.payload
-        if not await repository.remember_customer(session, event.customer_id, update.version, update.snapshot, now):
+        if not await state.remember(event.customer_id, update.version, update.snapshot, now):
             # Older than what we hold: its cause may still convert a touch, but plans read the
             # newer snapshot we already planned from.
-            return await self._cause_conversion(session, event, now)
-        messages = await self._cause_conversion(session, event, now)
+            return await self._cause_conversion(state, event, now)
+        messages = await self._cause_conversion(state, event, now)
         referrer = None
         if update.snapshot.referred_by:
-            referrer = await repository.load_snapshot(session, update.snapshot.referred_by)
+            referrer = await state.snapshot(update.snapshot.referred_by)
         planned = plan_update(event.customer_id, update, book, now=now, defaults=self._defaults, referrer=referrer)
         planned += plan_calendar(
             event.customer_id,
@@ -147,27 +154,27 @@ class OutreachHandler:
         known: dict[str, CustomerSnapshot | None] = {event.customer_id: update.snapshot}
         if update.snapshot.referred_by:
             known[update.snapshot.referred_by] = referrer
-        messages += await self._store(session, planned, update.cause.event_id, book, now, event.trace_id, known)
+        messages += await self._store(state, planned, update.cause.event_id, book, now, event.trace_id, known)
         return messages
 
     async def _cause_conversion(
-        self, session: AsyncSession, event: CustomerUpdatedEvent, now: datetime
+        self, state: PlanningState, event: CustomerUpdatedEvent, now: datetime
     ) -> list[Outgoing]:
         cause = event.payload.cause
         if cause.type != "purchase" or not cause.order_id:
             return []
-        return await self._convert(session, event.customer_id, cause.order_id, cause.amount, cause.occurred_at, now)
+        return await self._convert(state, event.customer_id, cause.order_id, cause.amount, cause.occurred_at, now)
 
     async def _convert(
         self,
-        session: AsyncSession,
+        state: PlanningState,
         customer_id: str,
         order_id: str,
         revenue: Decimal | None,
         occurred_at: datetime,
         now: datetime,
     ) -> list[Outgoing]:
-        converted = await repository.attribute_purchase(session, customer_id, order_id, revenue, occurred_at, now)
+        converted = await state.attribute_purchase(customer_id, order_id, revenue, occurred_at, now)
         return [
             repository.touch_lifecycle(row, TouchStatus.CONVERTED, now, reason=f"order {order_id}", revenue=revenue)
             for row in converted
@@ -175,7 +182,7 @@ class OutreachHandler:
 
     async def _store(
         self,
-        session: AsyncSession,
+        state: PlanningState,
         planned: list[PlannedTouch],
         cause_event_id: str,
         book: PlanBook,
@@ -185,26 +192,35 @@ class OutreachHandler:
     ) -> list[Outgoing]:
         messages: list[Outgoing] = []
         known = dict(known or {})
-        # One look-up of every planned key (and consents once per customer), not one per touch.
-        existing = await repository.existing_touch_keys(session, [touch.idempotency_key for touch in planned])
-        reads = PlanningReads(touch_keys=existing)
+        await state.look_up_keys(planned)
         for touch in planned:
             if touch.customer_id not in known:
-                known[touch.customer_id] = await repository.load_snapshot(session, touch.customer_id)
-            snapshot = known[touch.customer_id]
-            produced = await apply_planned(
-                session,
+                known[touch.customer_id] = await state.snapshot(touch.customer_id)
+            messages += await apply_planned(
+                state.session,
                 touch,
                 cause_event_id=cause_event_id,
                 book=book,
                 settings=self._settings,
                 now=now,
-                snapshot=snapshot,
+                snapshot=known[touch.customer_id],
                 trace_id=trace_id,
-                known=reads,
+                state=state,
             )
-            messages += produced
         return messages
+
+
+def _named(upcoming: Sequence[AnyEvent]) -> tuple[set[str], list[str]]:
+    """The customers (with the referrers whose touches a customer.updated may plan) and the event
+    ids a batch names: what its transaction reads up front."""
+    handled = [event for event in upcoming if isinstance(event, HANDLED)]
+    customers = {event.customer_id for event in handled}
+    customers |= {
+        event.payload.snapshot.referred_by
+        for event in handled
+        if isinstance(event, CustomerUpdatedEvent) and event.payload.snapshot.referred_by
+    }
+    return customers, [event.event_id for event in handled]
 
 
 @dataclass
