@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,10 +42,20 @@ def rhythm(days: Sequence[int], population_gap: float | None, rules: LifecycleRu
     With n own gaps and prior weight k, rhythm = (n·median + k·population) / (n + k), so a
     customer with one gap is not judged on that gap alone, and one with many on their own habit.
     """
+    return _rhythm([b - a for a, b in itertools.pairwise(days)], population_gap, rules)
+
+
+def _median(values: list[int]) -> float | int:
+    """statistics.median, without its generality (it is most of this module's time otherwise)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _rhythm(gaps: list[int], population_gap: float | None, rules: LifecycleRules) -> float:
     prior = population_gap if population_gap and population_gap > 0 else rules.default_rhythm_days
-    gaps = [b - a for a, b in itertools.pairwise(days)]
     if gaps:
-        own = float(statistics.median(gaps))
+        own = float(_median(gaps))
         n = len(gaps)
         value = (n * own + rules.rhythm_prior_weight * prior) / (n + rules.rhythm_prior_weight)
     else:
@@ -62,7 +71,8 @@ def judge_stage(
         return StageJudgement(LifecycleStage.PROSPECT, None, None, "no purchase yet", None)
     last = days[-1]
     silent = max(as_of_day - last, 0)
-    own = rhythm(days, population_gap, rules)
+    gaps = [b - a for a, b in itertools.pairwise(days)]
+    own = _rhythm(gaps, population_gap, rules)
     at_risk_after = rules.at_risk_factor * own
     lapsed_after = rules.lapsed_factor * own
     pace = f"{silent} days since the last purchase; own rhythm {own:.1f} days"
@@ -81,9 +91,8 @@ def judge_stage(
     next_check = last + math.floor(at_risk_after) + 1
     if len(days) == 1:
         return StageJudgement(LifecycleStage.NEW, own, silent, f"first purchase; {pace}", next_check)
-    before = days[:-1]
-    gap = last - before[-1]
-    rhythm_before = rhythm(before, population_gap, rules)
+    gap = gaps[-1]
+    rhythm_before = _rhythm(gaps[:-1], population_gap, rules)  # the rhythm of days[:-1]
     if gap > rules.lapsed_factor * rhythm_before:
         return StageJudgement(
             LifecycleStage.WON_BACK,

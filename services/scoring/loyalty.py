@@ -91,9 +91,12 @@ def behavioural_loyalty(
     return _round(100 * sum(parts) / len(parts))
 
 
+_REFERRAL_WEIGHT = ENGAGEMENT_WEIGHTS[InteractionKind.REFERRAL]
+
+
 def engagement_count(interactions: Mapping[str, int], referrals: int) -> float:
-    counted = sum(ENGAGEMENT_WEIGHTS.get(kind, 0.0) * n for kind, n in interactions.items() if kind != "referral")
-    return counted + ENGAGEMENT_WEIGHTS[InteractionKind.REFERRAL] * referrals
+    counted = sum([ENGAGEMENT_WEIGHTS.get(kind, 0.0) * n for kind, n in interactions.items() if kind != "referral"])
+    return counted + _REFERRAL_WEIGHT * referrals
 
 
 def emotional_loyalty(interactions: Mapping[str, int], referrals: int, rules: LoyaltyRules) -> float:
@@ -127,13 +130,15 @@ def loyalty(
     )
     emotional = emotional_loyalty(interactions, referrals, rules)
     intentional = intentional_loyalty(stated_intent, mean_rating)
-    weighted = [
-        (value, weight)
-        for value, weight in zip((behavioural, emotional, intentional), rules.weights, strict=True)
-        if value is not None and weight > 0
-    ]
-    total = sum(weight for _, weight in weighted)
-    index = _round(sum(value * weight for value, weight in weighted) / total) if total else None
+    # The weighted mean over the loyalties we can see, summed in the same order as before
+    # (behavioural, emotional, intentional) — without the generators, which cost more than the sums.
+    total: float = 0  # an int start, as sum() has
+    weighted_sum: float = 0
+    for value, weight in zip((behavioural, emotional, intentional), rules.weights, strict=True):
+        if value is not None and weight > 0:
+            total += weight
+            weighted_sum += value * weight
+    index = _round(weighted_sum / total) if total else None
     return Loyalty(behavioural, emotional, intentional, index)
 
 

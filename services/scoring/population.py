@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,7 @@ class PopulationModel:
     def log_likelihood(self) -> float:
         return self.bgnbd.log_likelihood
 
-    @property
+    @cached_property  # read on every scored event; the model never changes once made
     def params(self) -> ModelParams:
         gg = self.gamma_gamma
         usable = gg is not None and gg.q > 1

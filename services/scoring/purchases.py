@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from typing import Literal
 
@@ -52,13 +52,19 @@ class Occasion:
     orders: int
 
 
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+
+
 def local_day(at: datetime, tz: tzinfo) -> int:
-    return (at.astimezone(tz).date() - _EPOCH).days
+    return at.astimezone(tz).toordinal() - _EPOCH_ORDINAL  # no date and timedelta objects on the way
+
+
+_MIDNIGHT = time()
 
 
 def day_start(day: int, tz: tzinfo) -> datetime:
     """Midnight of ``day`` in ``tz``, as an aware UTC datetime."""
-    local = datetime.combine(_EPOCH + timedelta(days=day), datetime.min.time(), tzinfo=tz)
+    local = datetime.combine(date.fromordinal(day + _EPOCH_ORDINAL), _MIDNIGHT, tzinfo=tz)
     return local.astimezone(UTC)
 
 
@@ -68,12 +74,22 @@ def day_date(day: int) -> date:
 
 def occasions(orders: Iterable[OrderLine], tz: tzinfo, basis: TierBasis = "revenue") -> list[Occasion]:
     """Orders grouped per local day, sorted by day."""
-    by_day: dict[int, tuple[Decimal, Decimal, int]] = {}
+    by_day: dict[int, list[Decimal]] = {}
+    counts: dict[int, int] = {}
+    by_margin = basis == "margin"
     for order in orders:
-        day = local_day(order.occurred_at, tz)
-        net, value, count = by_day.get(day, (ZERO, ZERO, 0))
-        by_day[day] = (net + order.net, value + order.value(basis), count + 1)
-    return [Occasion(day, net, value, count) for day, (net, value, count) in sorted(by_day.items())]
+        day = order.occurred_at.astimezone(tz).toordinal() - _EPOCH_ORDINAL  # local_day, inlined: once per order
+        net = max(order.amount - order.refunded, ZERO)  # OrderLine.net and .value, without recomputing net
+        value = order.value(basis) if by_margin and order.margin is not None else net
+        sums = by_day.get(day)
+        if sums is None:
+            by_day[day] = [ZERO + net, ZERO + value]
+            counts[day] = 1
+        else:
+            sums[0] += net
+            sums[1] += value
+            counts[day] += 1
+    return [Occasion(day, net, value, counts[day]) for day, (net, value) in sorted(by_day.items())]
 
 
 def days_of(history: Sequence[Occasion]) -> list[int]:

@@ -50,11 +50,17 @@ def population_cuts(recency_days: ArrayLike, frequency: ArrayLike, monetary: Arr
 
 
 def higher_is_better(value: float, cuts: Cuts) -> int:
-    return 1 + sum(value > cut for cut in cuts)
+    return 1 + _above(value, cuts)
 
 
 def lower_is_better(value: float, cuts: Cuts) -> int:
-    return 5 - sum(value > cut for cut in cuts)
+    return 5 - _above(value, cuts)
+
+
+def _above(value: float, cuts: Cuts) -> int:
+    """How many cut-points ``value`` exceeds (written out: a generator costs more than the comparisons)."""
+    a, b, c, d = cuts
+    return (value > a) + (value > b) + (value > c) + (value > d)
 
 
 def rfm_scores(recency_days: float, frequency: float, monetary: float, cuts: RfmCuts) -> tuple[int, int, int]:

@@ -29,7 +29,7 @@ from services.scoring.population import PopulationModel, PopulationRules
 from services.scoring.predictions import PredictionRules, Predictions, customer_rfm, predict
 from services.scoring.purchases import Occasion, day_start, local_day
 from services.scoring.rfm import rfm_scores
-from services.scoring.tiers import GradeRules, TierRules, membership_grade, value_tier, window_exit_day
+from services.scoring.tiers import GradeRules, TierRules, grade_along, tier_along, window_exit_day, window_series
 from shared.contracts import ChurnBand, FieldChange, LifecycleStage, ValueTier
 
 TRACKED_FIELDS = (
@@ -123,11 +123,25 @@ class Scorecard:
     """Further free-form scores (loyalty components, RFM inputs…), served as snapshot.scores."""
 
     def tracked(self) -> dict[str, Any]:
-        return {name: _plain(getattr(self, name)) for name in TRACKED_FIELDS}
+        # Read twice per scored event (before and after); written out rather than a loop over
+        # TRACKED_FIELDS with getattr, and kept in step with it by a unit test.
+        return {
+            "value_tier": _plain(self.value_tier),
+            "grade": _plain(self.grade),
+            "stage": _plain(self.stage),
+            "churn_band": _plain(self.churn_band),
+            "relationship_type": _plain(self.relationship_type),
+            "prospect_grade": _plain(self.prospect_grade),
+            "loyalty_quadrant": _plain(self.loyalty_quadrant),
+            "satisfaction_level": _plain(self.satisfaction_level),
+        }
+
+
+_ENUMS = (ValueTier, LifecycleStage, ChurnBand)
 
 
 def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, ValueTier | LifecycleStage | ChurnBand) else value
+    return value.value if isinstance(value, _ENUMS) else value
 
 
 def score(facts: FileFacts, model: PopulationModel | None, as_of: datetime, rules: Rules) -> Scorecard:
@@ -151,9 +165,17 @@ def score(facts: FileFacts, model: PopulationModel | None, as_of: datetime, rule
     repeats = max(len(history) - 1, 0)
     tenure = as_of_day - history[0].day if purchased else None
 
+    # Tier and grade fold along the same trailing windows when their lengths agree (the default):
+    # the window series is then built once for both.
+    tier_window, grade_window = rules.tiers.window_days, rules.grades.window_days
+    tier_series = grade_series = None
+    if purchased:
+        tier_series = window_series(history, tier_window, as_of_day)
+        grade_series = tier_series if grade_window == tier_window else window_series(history, grade_window, as_of_day)
+
     computed_tier = tier_value = None
-    if purchased and model is not None and model.tier_thresholds is not None:
-        computed_tier, tier_value = value_tier(history, model.tier_thresholds, rules.tiers, as_of_day)
+    if tier_series is not None and model is not None and model.tier_thresholds is not None:
+        computed_tier, tier_value = tier_along(tier_series, model.tier_thresholds, rules.tiers)
         reasons["value_tier"] = (
             f"trailing {rules.tiers.window_days}-day {rules.tiers.basis} {tier_value:.2f} against the Pareto "
             f"thresholds A ≥ {model.tier_thresholds.a:.2f}, B ≥ {model.tier_thresholds.b:.2f}"
@@ -164,13 +186,17 @@ def score(facts: FileFacts, model: PopulationModel | None, as_of: datetime, rule
         tier = facts.tier_override
         reasons["value_tier"] = f"operator override: {facts.tier_override_reason or 'no reason given'}"
     if purchased:
-        exit_day = window_exit_day(history, min(rules.tiers.window_days, rules.grades.window_days), as_of_day)
-        other = window_exit_day(history, max(rules.tiers.window_days, rules.grades.window_days), as_of_day)
+        exit_day = window_exit_day(history, min(tier_window, grade_window), as_of_day)
+        other = (
+            exit_day
+            if tier_window == grade_window
+            else window_exit_day(history, max(tier_window, grade_window), as_of_day)
+        )
         check_days.extend(day for day in (exit_day, other) if day is not None)
 
     grade = None
-    if purchased:
-        grade, spend, count = membership_grade(history, rules.grades, as_of_day)
+    if grade_series is not None:
+        grade, spend, count = grade_along(grade_series, rules.grades)
         reasons["grade"] = (
             f"trailing {rules.grades.window_days}-day spend {spend:.2f} over {count} purchase occasion(s)"
         )
@@ -178,7 +204,7 @@ def score(facts: FileFacts, model: PopulationModel | None, as_of: datetime, rule
     rfm = None
     if purchased and model is not None:
         recency_days = as_of_day - history[-1].day
-        monetary = float(sum(o.net for o in history))
+        monetary = float(sum([o.net for o in history]))
         rfm = rfm_scores(recency_days, len(history), monetary, model.rfm_cuts)
         details["rfm"] = {"r": rfm[0], "f": rfm[1], "m": rfm[2], "code": "".join(map(str, rfm))}
 
@@ -281,9 +307,9 @@ def changes(before: Mapping[str, Any], after: Scorecard) -> list[FieldChange]:
         FieldChange(
             field=name,
             before=before.get(name),
-            after=now[name],
-            reason=after.reasons.get(name) or ("no longer applies" if now[name] is None else "recomputed"),
+            after=value,
+            reason=after.reasons.get(name) or ("no longer applies" if value is None else "recomputed"),
         )
-        for name in TRACKED_FIELDS
-        if before.get(name) != now[name]
+        for name, value in now.items()
+        if before.get(name) != value
     ]
