@@ -404,16 +404,23 @@ def section(
         )
         + ".",
         "",
-        "Where the time goes (pyinstrument, SQLite): one scored event costs about 6.5 statements in a batched "
-        "transaction — claim the event id, load the file (with its referrer), load its orders, insert the "
-        "order, write the file with every score column, history rows for changed fields, the outbox row — "
-        "plus about 2 ms of scoring "
-        "maths (BG/NBD and Gamma-Gamma predictions for one customer, the churn band's next change, tiers and "
-        "grades folded along event time). Fixed before recording: the 60-column UPDATE/INSERT is built once "
-        "(building it per event cost more than executing it), the event claim is one INSERT … ON CONFLICT DO "
-        "NOTHING, order existence is checked against the already-loaded orders, the referrer comes with the "
-        "file, and the 12 monthly CLV steps are one vectorised call. The claim-only reference is the floor any "
-        "effectively-once consumer pays per event on the same database.",
+        "Where the time goes (pyinstrument, the handler fed these events directly in transactions of 500): a "
+        "transaction reads what its events need up front, one query each — which event ids were applied before, "
+        "the files (locked on PostgreSQL), their orders, the referrals naming its customers, refund ids when "
+        "refunds come — applies the events to that state in memory (a customer's later events see the earlier "
+        "ones), and writes at its end one multi-row statement per table: claims, orders, new files, changed files "
+        "(one row per customer however many events it had), history, and the outbox rows in event order. 200 "
+        "purchases by 50 customers are 8 statements where they were 1,200. Of the handler's time now, the "
+        "scoring maths take about a third (BG/NBD and Gamma-Gamma predictions, the churn band's "
+        "next change, tiers and grades folded along event time), building each event's customer.updated "
+        "(snapshot, wire JSON, derived id) about an eighth, folding the event and keeping a file held for the "
+        "customer's next event as a re-read would give it (money in stored units, times in UTC, JSON through "
+        "text, so announcements do not depend on batching) about an eighth, and the database, SQLAlchemy's "
+        "conversion of parameters and rows included (much of it: the file rows are wide), about a third on "
+        "SQLite and PostgreSQL alike. Fixed "
+        "before: the 60-column UPDATE/INSERT is built once and the 12 monthly CLV steps are one vectorised call. "
+        "The claim-only reference is the floor an effectively-once "
+        "consumer pays with a transaction per event on the same database; batched, scoring can outrun it.",
         "",
     ]
     return "\n".join(lines)

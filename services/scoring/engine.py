@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,7 +30,7 @@ from shared.contracts import (
     to_wire,
 )
 from shared.kafka import Outgoing
-from shared.ledger import enqueue
+from shared.ledger import enqueue_many
 from shared.topics import CUSTOMERS
 from shared.tracing import kafka_headers
 
@@ -95,6 +96,52 @@ class Announcement:
     trace_id: str | None = None
 
 
+class FileChanges:
+    """File changes of one transaction, written together at its end: each file's final state in
+    one row write, the history rows and the outbox rows in the order the changes were made.
+
+    Several changes of one file chain: each builds on the one before (its version included)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, repository.FileWrite] = {}
+        self._history: list[dict[str, Any]] = []
+        self._messages: list[Outgoing] = []
+
+    def record(
+        self,
+        before: CustomerFile | None,
+        after: CustomerFile,
+        found: list[FieldChange],
+        announcement: Announcement | None,
+        now: datetime,
+    ) -> CustomerFile:
+        """Keep ``after`` for writing; with an announcement, bump the version, record the changes
+        and queue the ``customer.updated``. Returns the file as it will be stored.
+
+        ``before`` is the file as this transaction last left it (None: there is none yet), and
+        ``after.referred_by`` must be current: the announcement carries it."""
+        if announcement is not None:
+            after = replace(after, version=(before.version if before else 0) + 1)
+        earlier = self._files.get(after.customer_id)
+        is_new = earlier.is_new if earlier is not None else before is None
+        self._files[after.customer_id] = repository.FileWrite(after, is_new, now)
+        if announcement is not None:
+            as_of = after.scores.as_of if after.scores else now
+            self._history += repository.history_rows(after.customer_id, found, announcement.cause, as_of, now)
+            self._messages.append(announce(after, announcement, found, now))
+        return after
+
+    @property
+    def queued(self) -> bool:
+        """Whether something was queued for the relay."""
+        return bool(self._messages)
+
+    async def write(self, session: AsyncSession) -> None:
+        await repository.save_files(session, list(self._files.values()))
+        await repository.insert_history(session, self._history)
+        await enqueue_many(session, outbox, self._messages)
+
+
 async def commit(
     session: AsyncSession,
     before: CustomerFile | None,
@@ -102,27 +149,17 @@ async def commit(
     found: list[FieldChange],
     announcement: Announcement | None,
     now: datetime | None = None,
-    *,
-    referrer_known: bool = False,
 ) -> bool:
-    """Store ``after``; with an announcement, bump the version, record the changes and queue the
-    ``customer.updated``. Returns whether something was queued for the relay.
-
-    ``referrer_known``: ``after.referred_by`` of a new file is already current (the caller read it
-    with the missing file), so it is not looked up again."""
-    now = now or datetime.now(UTC)
-    is_new = before is None
-    if announcement is not None:
-        after = replace(after, version=(before.version if before else 0) + 1)
-    await repository.save_file(session, after, now, is_new=is_new)
-    if announcement is None:
-        return False
-    as_of = after.scores.as_of if after.scores else now
-    await repository.append_history(session, after.customer_id, found, announcement.cause, as_of, now)
-    if before is None and not referrer_known:  # a new file: someone may have referred this customer already
+    """Store ``after`` now; with an announcement, bump the version, record the changes and queue
+    the ``customer.updated``. Returns whether something was queued for the relay. (The event
+    consumer keeps its transaction's changes in :class:`FileChanges` and writes them at its end.)"""
+    if announcement is not None and before is None:
+        # A new file: someone may have referred this customer already.
         after = replace(after, referred_by=await repository.referred_by(session, after.customer_id))
-    await enqueue(session, outbox, announce(after, announcement, found, now))
-    return True
+    changes = FileChanges()
+    changes.record(before, after, found, announcement, now or datetime.now(UTC))
+    await changes.write(session)
+    return changes.queued
 
 
 def announce(file: CustomerFile, announcement: Announcement, found: list[FieldChange], now: datetime) -> Outgoing:

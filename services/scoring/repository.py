@@ -3,15 +3,34 @@ tags and contacts, model snapshots, the replay clock and task leases."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
+from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import and_, bindparam, delete, func, insert, literal, or_, select, true, type_coerce, update
+from sqlalchemy import (
+    JSON,
+    Float,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeDecorator
 
 from services.scoring.customer_file import CustomerFile, PurchaseTotals
 from services.scoring.loyalty import Loyalty
@@ -42,7 +61,7 @@ from shared.contracts import (
     RefundPayload,
     ValueTier,
 )
-from shared.db import Money
+from shared.db import Money, UTCDateTime
 from shared.ledger import claim_event
 
 ZERO = Decimal(0)
@@ -159,6 +178,60 @@ def file_from_row(row: Any) -> CustomerFile:
     )
 
 
+def as_stored(file: CustomerFile) -> CustomerFile:
+    """``file`` as reading it back after saving it gives it: money in the stored 1/10,000 units,
+    times in UTC, JSON through its text. A file kept in memory from one event to the next must
+    be the one the next event would have read, or announcements would depend on how events were
+    batched (``49.80`` where a re-read file says ``49.8``, a shop's +08:00 where it says UTC)."""
+    row = _file_columns(file)
+    _read_back(row, _FILE_COLUMNS)
+    return file_from_row({**row, "customer_id": file.customer_id, "referred_by": file.referred_by})
+
+
+def _read_back(row: dict[str, Any], columns: _ColumnKinds) -> None:
+    """Turn ``row``'s values into what reading them from ``columns`` gives."""
+    for name in columns.custom:  # Money, UTCDateTime
+        value = row.get(name)
+        if value is not None:
+            kind = columns.custom[name]
+            row[name] = kind.process_result_value(kind.process_bind_param(value, _SQLITE), _SQLITE)
+    documents = {name: row[name] for name in columns.json if name in row}
+    if documents:
+        row.update(json.loads(json.dumps(documents)))  # one round trip for all of them
+    for name in columns.floats:
+        if row.get(name) is not None:
+            row[name] = float(row[name])
+    for name in columns.texts:
+        if isinstance(value := row.get(name), Enum):
+            row[name] = value.value
+
+
+@dataclass(frozen=True)
+class _ColumnKinds:
+    """A table's columns by what storing and reading a value back does to it."""
+
+    custom: dict[str, TypeDecorator[Any]]
+    json: tuple[str, ...]
+    floats: tuple[str, ...]
+    texts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, table: Table) -> _ColumnKinds:
+        columns = list(table.columns)
+        return cls(
+            custom={c.name: c.type for c in columns if isinstance(c.type, TypeDecorator)},
+            json=tuple(c.name for c in columns if isinstance(c.type, JSON)),
+            floats=tuple(c.name for c in columns if isinstance(c.type, Float)),
+            texts=tuple(c.name for c in columns if isinstance(c.type, String)),
+        )
+
+
+_SQLITE = sqlite.dialect()
+"""For our own column types' conversions, which give the same values back on every backend."""
+_FILE_COLUMNS = _ColumnKinds.of(customer_files)
+_ORDER_COLUMNS = _ColumnKinds.of(orders)
+
+
 async def load_file(session: AsyncSession, customer_id: str, *, for_update: bool = False) -> CustomerFile | None:
     """The file, locked for this transaction with ``for_update`` (PostgreSQL; SQLite locks the database)."""
     connection = await session.connection()
@@ -182,42 +255,6 @@ def _with_referrer() -> Any:
 
 _LOAD_FILE = _with_referrer().where(customer_files.c.customer_id == bindparam("file_id"))
 _LOAD_FILE_FOR_UPDATE = _LOAD_FILE.with_for_update()
-
-
-async def load_for_event(session: AsyncSession, customer_id: str) -> tuple[CustomerFile | None, str | None]:
-    """The file, locked like ``load_file(for_update=True)``, and the customer's first referrer, in
-    one round trip even when there is no file yet: a new file needs its referrer (someone may
-    have referred the customer before their first event), and that was a second statement."""
-    connection = await session.connection()
-    row = (await connection.execute(_LOAD_FOR_EVENT, {"file_id": customer_id})).mappings().one()
-    if row["customer_id"] is None:
-        return None, row["referred_by"]
-    return file_from_row(row), row["referred_by"]
-
-
-def _file_or_nothing_with_referrer() -> Any:
-    """One row always: the file's columns (NULL when there is no file) and the first referrer.
-    The lock sits on the file's own sub-select: PostgreSQL refuses FOR UPDATE on the nullable
-    side of an outer join, but locks the rows a locking sub-select reads."""
-    file = (
-        select(customer_files)
-        .where(customer_files.c.customer_id == bindparam("file_id"))
-        .with_for_update()
-        .subquery("loaded_file")
-    )
-    first_referrer = (
-        select(referrals.c.referrer_id)
-        .where(referrals.c.referred_customer_id == bindparam("file_id"))
-        .order_by(referrals.c.occurred_at, referrals.c.referrer_id)
-        .limit(1)
-        .scalar_subquery()
-        .label("referred_by")
-    )
-    one_row = select(literal(1).label("one")).subquery("one_row")
-    return select(file, first_referrer).select_from(one_row.outerjoin(file, true()))
-
-
-_LOAD_FOR_EVENT = _file_or_nothing_with_referrer()
 
 
 async def load_files(
@@ -266,22 +303,38 @@ _INSERT_FILE = insert(customer_files)
 _UPDATE_FILE = update(customer_files).where(customer_files.c.customer_id == bindparam("file_id"))
 
 
+@dataclass(frozen=True)
+class FileWrite:
+    """One file to store: its new state, whether it is new, and when it changed."""
+
+    file: CustomerFile
+    is_new: bool
+    at: datetime
+
+
 async def save_file(session: AsyncSession, file: CustomerFile, now: datetime, *, is_new: bool) -> None:
-    values = {**_file_columns(file), "updated_at": now}
+    await save_files(session, [FileWrite(file, is_new, now)])
+
+
+async def save_files(session: AsyncSession, writes: Sequence[FileWrite]) -> None:
+    """Store whole files: new ones in one INSERT, known ones in one UPDATE (each run as executemany)."""
+    inserts: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for write in writes:
+        values = {**_file_columns(write.file), "updated_at": write.at}
+        if write.is_new:
+            row = {"customer_id": write.file.customer_id, "created_at": write.at, **values}
+            inserts.setdefault(tuple(row), []).append(row)
+        else:
+            row = {"file_id": write.file.customer_id, **values}
+            updates.setdefault(tuple(row), []).append(row)
+    # Grouped by the columns given: an unscored file sets fewer score columns, and executemany
+    # compiles one statement for the keys of its first row.
     connection = await session.connection()
-    if is_new:
-        await connection.execute(_INSERT_FILE, {"customer_id": file.customer_id, "created_at": now, **values})
-    else:
-        await connection.execute(_UPDATE_FILE, {"file_id": file.customer_id, **values})
-
-
-async def save_engagement(session: AsyncSession, customer_id: str, engagement: dict[str, Any], now: datetime) -> None:
-    """Only the engagement column: care received changes no score, so no version and no announcement."""
-    await session.execute(
-        update(customer_files)
-        .where(customer_files.c.customer_id == customer_id)
-        .values(engagement=engagement, updated_at=now)
-    )
+    for rows in inserts.values():
+        await connection.execute(_INSERT_FILE, rows)
+    for rows in updates.values():
+        await connection.execute(_UPDATE_FILE, rows)
 
 
 async def claim(session: AsyncSession, event_id: str) -> bool:
@@ -290,79 +343,146 @@ async def claim(session: AsyncSession, event_id: str) -> bool:
     return await claim_event(session, processed_events, event_id)
 
 
+async def claimed_among(session: AsyncSession, event_ids: Collection[str]) -> set[str]:
+    """Which of ``event_ids`` were applied before."""
+    if not event_ids:
+        return set()
+    connection = await session.connection()
+    rows = await connection.execute(_CLAIMED, {"ids": list(event_ids)})
+    return {row.event_id for row in rows}
+
+
+_CLAIMED = select(processed_events.c.event_id).where(processed_events.c.event_id.in_(bindparam("ids", expanding=True)))
+
+
+async def insert_claims(session: AsyncSession, event_ids: Sequence[str], now: datetime) -> None:
+    """Claim ids the caller found unclaimed. A plain INSERT on purpose: if another replica claimed
+    one meanwhile, the unique violation fails the transaction rather than letting an event be
+    applied twice."""
+    if event_ids:
+        connection = await session.connection()
+        await connection.execute(_INSERT_CLAIM, [{"event_id": e, "processed_at": now} for e in event_ids])
+
+
+_INSERT_CLAIM = insert(processed_events)
+
+
 # --- orders, refunds, referrals -----------------------------------------------------------------
 
 
-async def record_order(
-    session: AsyncSession,
-    customer_id: str,
-    event_id: str,
-    order: PurchasePayload,
-    at: datetime,
-    refunded: Decimal = ZERO,
-) -> OrderLine:
-    """Store a new order (the caller has checked its id against the customer's orders); ``refunded``
-    carries refunds that arrived before it."""
-    connection = await session.connection()
-    await connection.execute(
-        _INSERT_ORDER,
-        {
-            "customer_id": customer_id,
-            "order_id": order.order_id,
-            "event_id": event_id,
-            "amount": order.amount,
-            "refunded": refunded,
-            "currency": order.currency,
-            "margin": order.margin,
-            "items": [item.model_dump(mode="json", exclude_none=True) for item in order.items],
-            "occurred_at": at,
-        },
-    )
-    return OrderLine(order.order_id, at, order.amount, refunded, order.margin, event_id)
+def order_row(
+    customer_id: str, event_id: str, order: PurchasePayload, at: datetime, refunded: Decimal = ZERO
+) -> dict[str, Any]:
+    """A new order as stored; ``refunded`` carries refunds that arrived before it."""
+    return {
+        "customer_id": customer_id,
+        "order_id": order.order_id,
+        "event_id": event_id,
+        "amount": order.amount,
+        "refunded": refunded,
+        "currency": order.currency,
+        "margin": order.margin,
+        "items": [item.model_dump(mode="json", exclude_none=True) for item in order.items],
+        "occurred_at": at,
+    }
+
+
+def order_line(row: dict[str, Any]) -> OrderLine:
+    """An order row (:func:`order_row`) as :func:`order_lines` reads it back."""
+    line = {name: row[name] for name in _ORDER_LINE}
+    _read_back(line, _ORDER_COLUMNS)
+    return OrderLine(**line)
+
+
+_ORDER_LINE = ("order_id", "occurred_at", "amount", "refunded", "margin", "event_id")
+
+
+async def insert_orders(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Store new orders (the caller has checked their ids against the customers' orders)."""
+    if rows:
+        connection = await session.connection()
+        await connection.execute(_INSERT_ORDER, list(rows))
 
 
 _INSERT_ORDER = insert(orders)
 
 
+async def add_refunded(session: AsyncSession, amounts: dict[tuple[str, str], Decimal]) -> None:
+    """Book refunds on stored orders: ``amounts`` by (customer id, order id)."""
+    if amounts:
+        connection = await session.connection()
+        await connection.execute(
+            _ADD_REFUNDED,
+            [{"owner": owner, "order": order, "booked": amount} for (owner, order), amount in amounts.items()],
+        )
+
+
+_ADD_REFUNDED = (
+    update(orders)
+    .where(orders.c.customer_id == bindparam("owner"), orders.c.order_id == bindparam("order"))
+    .values(refunded=orders.c.refunded + bindparam("booked", type_=Money()))
+)
+
+
+async def keep_first_event_ids(session: AsyncSession, first: dict[tuple[str, str], str]) -> None:
+    """A resent order keeps the lowest of its event ids, so its provenance does not depend on
+    arrival; ``first`` by (customer id, order id)."""
+    if first:
+        connection = await session.connection()
+        await connection.execute(
+            _KEEP_FIRST_EVENT_ID,
+            [{"owner": owner, "order": order, "first": event_id} for (owner, order), event_id in first.items()],
+        )
+
+
+_KEEP_FIRST_EVENT_ID = (
+    update(orders)
+    .where(
+        orders.c.customer_id == bindparam("owner"),
+        orders.c.order_id == bindparam("order"),
+        orders.c.event_id > bindparam("first"),
+    )
+    .values(event_id=bindparam("first"))
+)
+
+
 RefundBooking = Literal["booked", "unmatched", "duplicate"]
+"""``unmatched``: the order is not known (yet), the refund is kept aside until it arrives.
+``duplicate``: a refund with the same ``refund_id`` was booked before (resent under a new event
+id), nothing is recorded."""
+
+RefundKey = tuple[str, str, str]
+"""(customer id, order id, the shop's refund id): a refund is counted once however often it is resent."""
 
 
-async def record_refund(
-    session: AsyncSession, customer_id: str, event_id: str, refund: RefundPayload, at: datetime
-) -> RefundBooking:
-    """Keep the refund as its own record and book it on its order.
-
-    ``unmatched``: the order is not known (yet), the caller keeps the refund aside until it
-    arrives. ``duplicate``: a refund with the same ``refund_id`` was booked before (resent under a
-    new event id), nothing is recorded.
-    """
-    if refund.refund_id is not None:
-        known = await session.scalar(
-            select(refunds.c.event_id).where(
-                refunds.c.customer_id == customer_id,
-                refunds.c.order_id == refund.order_id,
-                refunds.c.refund_id == refund.refund_id,
-            )
-        )
-        if known is not None:
-            return "duplicate"
-    await session.execute(
-        insert(refunds).values(
-            customer_id=customer_id,
-            event_id=event_id,
-            order_id=refund.order_id,
-            refund_id=refund.refund_id,
-            amount=refund.amount,
-            reason=refund.reason,
-            occurred_at=at,
+async def refund_keys(session: AsyncSession, customer_ids: Collection[str]) -> set[RefundKey]:
+    """The shop refund ids already booked for these customers."""
+    if not customer_ids:
+        return set()
+    rows = await session.execute(
+        select(refunds.c.customer_id, refunds.c.order_id, refunds.c.refund_id).where(
+            refunds.c.customer_id.in_(list(customer_ids)), refunds.c.refund_id.is_not(None)
         )
     )
-    result = await session.execute(
-        update(orders)
-        .where(orders.c.customer_id == customer_id, orders.c.order_id == refund.order_id)
-        .values(refunded=orders.c.refunded + refund.amount)
-    )
-    return "booked" if getattr(result, "rowcount", 0) else "unmatched"
+    return {(row.customer_id, row.order_id, row.refund_id) for row in rows}
+
+
+def refund_row(customer_id: str, event_id: str, refund: RefundPayload, at: datetime) -> dict[str, Any]:
+    return {
+        "customer_id": customer_id,
+        "event_id": event_id,
+        "order_id": refund.order_id,
+        "refund_id": refund.refund_id,
+        "amount": refund.amount,
+        "reason": refund.reason,
+        "occurred_at": at,
+    }
+
+
+async def insert_refunds(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Keep refunds as records of their own (booking them on their orders is :func:`add_refunded`)."""
+    if rows:
+        await session.execute(insert(refunds), list(rows))
 
 
 _ORDER_LINES = select(
@@ -376,53 +496,73 @@ async def order_lines(session: AsyncSession, customer_id: str) -> list[OrderLine
     return [OrderLine(r.order_id, r.occurred_at, r.amount, r.refunded, r.margin, r.event_id) for r in rows]
 
 
-async def keep_first_event_id(session: AsyncSession, customer_id: str, order_id: str, event_id: str) -> None:
-    """A resent order keeps the lowest of its event ids, so its provenance does not depend on arrival."""
-    await session.execute(
-        update(orders)
-        .where(orders.c.customer_id == customer_id, orders.c.order_id == order_id, orders.c.event_id > event_id)
-        .values(event_id=event_id)
-    )
-
-
-async def order_lines_for(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, list[OrderLine]]:
-    rows = await session.execute(
-        select(
-            orders.c.customer_id,
-            orders.c.order_id,
-            orders.c.occurred_at,
-            orders.c.amount,
-            orders.c.refunded,
-            orders.c.margin,
-        ).where(orders.c.customer_id.in_(customer_ids))
-    )
+async def order_lines_for(session: AsyncSession, customer_ids: Collection[str]) -> dict[str, list[OrderLine]]:
+    """The stored orders of several customers in one query (every given id gets a list)."""
     found: dict[str, list[OrderLine]] = {cid: [] for cid in customer_ids}
+    if not found:
+        return found
+    connection = await session.connection()
+    rows = await connection.execute(_ORDER_LINES_FOR, {"owners": list(found)})
     for r in rows:
-        found[r.customer_id].append(OrderLine(r.order_id, r.occurred_at, r.amount, r.refunded, r.margin))
+        found[r.customer_id].append(OrderLine(r.order_id, r.occurred_at, r.amount, r.refunded, r.margin, r.event_id))
     return found
 
 
-async def record_referral(session: AsyncSession, referrer_id: str, referred_id: str, at: datetime) -> int:
-    """Remember who referred whom (earliest time wins); returns the referrer's distinct referrals."""
-    known = await session.scalar(
-        select(referrals.c.occurred_at).where(
-            referrals.c.referrer_id == referrer_id, referrals.c.referred_customer_id == referred_id
-        )
+_ORDER_LINES_FOR = select(
+    orders.c.customer_id,
+    orders.c.order_id,
+    orders.c.occurred_at,
+    orders.c.amount,
+    orders.c.refunded,
+    orders.c.margin,
+    orders.c.event_id,
+).where(orders.c.customer_id.in_(bindparam("owners", expanding=True)))
+
+
+Referral = tuple[str, str, datetime]
+"""(referrer id, referred customer id, when the referral first happened)."""
+
+
+async def referrals_among(
+    session: AsyncSession, referrers: Collection[str], referred: Collection[str]
+) -> list[Referral]:
+    """Every referral made by one of ``referrers`` or naming one of ``referred``."""
+    if not referrers and not referred:
+        return []
+    connection = await session.connection()
+    rows = await connection.execute(_REFERRALS_AMONG, {"referrers": list(referrers), "referred": list(referred)})
+    return [(row.referrer_id, row.referred_customer_id, row.occurred_at) for row in rows]
+
+
+_REFERRALS_AMONG = select(referrals.c.referrer_id, referrals.c.referred_customer_id, referrals.c.occurred_at).where(
+    or_(
+        referrals.c.referrer_id.in_(bindparam("referrers", expanding=True)),
+        referrals.c.referred_customer_id.in_(bindparam("referred", expanding=True)),
     )
-    if known is None:
-        await session.execute(
-            insert(referrals).values(referrer_id=referrer_id, referred_customer_id=referred_id, occurred_at=at)
+)
+
+
+async def save_referrals(session: AsyncSession, new: Sequence[Referral], earlier: Sequence[Referral]) -> None:
+    """Store ``new`` referrals and move known ones to an ``earlier`` time (the earliest time wins)."""
+    connection = await session.connection()
+    if new:
+        await connection.execute(
+            _INSERT_REFERRAL, [{"referrer_id": r, "referred_customer_id": d, "occurred_at": at} for r, d, at in new]
         )
-    elif at < known:
-        await session.execute(
-            update(referrals)
-            .where(referrals.c.referrer_id == referrer_id, referrals.c.referred_customer_id == referred_id)
-            .values(occurred_at=at)
-        )
-    count = await session.scalar(
-        select(func.count()).select_from(referrals).where(referrals.c.referrer_id == referrer_id)
+    if earlier:
+        await connection.execute(_MOVE_REFERRAL, [{"referrer": r, "referred": d, "at": at} for r, d, at in earlier])
+
+
+_INSERT_REFERRAL = insert(referrals)
+_MOVE_REFERRAL = (
+    update(referrals)
+    .where(
+        referrals.c.referrer_id == bindparam("referrer"),
+        referrals.c.referred_customer_id == bindparam("referred"),
+        referrals.c.occurred_at > bindparam("at", type_=UTCDateTime()),
     )
-    return int(count or 0)
+    .values(occurred_at=bindparam("at", type_=UTCDateTime()))
+)
 
 
 async def referred_by(session: AsyncSession, customer_id: str) -> str | None:
@@ -487,26 +627,32 @@ async def append_history(
     as_of: datetime,
     now: datetime,
 ) -> None:
-    if not changes:
-        return
-    connection = await session.connection()
-    await connection.execute(
-        _INSERT_HISTORY,
-        [
-            {
-                "customer_id": customer_id,
-                "field": change.field,
-                "before": change.before,
-                "after": change.after,
-                "reason": change.reason,
-                "cause_type": cause.type,
-                "cause_event_id": cause.event_id,
-                "as_of": as_of,
-                "recorded_at": now,
-            }
-            for change in changes
-        ],
-    )
+    await insert_history(session, history_rows(customer_id, changes, cause, as_of, now))
+
+
+def history_rows(
+    customer_id: str, changes: Sequence[FieldChange], cause: CustomerCause, as_of: datetime, now: datetime
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "customer_id": customer_id,
+            "field": change.field,
+            "before": change.before,
+            "after": change.after,
+            "reason": change.reason,
+            "cause_type": cause.type,
+            "cause_event_id": cause.event_id,
+            "as_of": as_of,
+            "recorded_at": now,
+        }
+        for change in changes
+    ]
+
+
+async def insert_history(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        connection = await session.connection()
+        await connection.execute(_INSERT_HISTORY, list(rows))
 
 
 _INSERT_HISTORY = insert(score_history)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.tables import processed_events
-from services.scoring.worker import Apply, ScoringHandler, _Outcome
+from services.scoring.worker import Apply, ScoringHandler, _Batch
 from shared.contracts import AnyEvent, to_wire
 from shared.kafka import BatchHandler, ConsumerLoop
 from shared.service import is_transient
@@ -76,13 +76,13 @@ class DropsConnection(ScoringHandler):
         self.at_event = at_event
         self.dropped = 0
 
-    async def _apply(self, session: AsyncSession, event: AnyEvent, outcome: _Outcome) -> None:
+    async def _apply(self, session: AsyncSession, event: AnyEvent, batch: _Batch) -> None:
         if event.event_id == self.at_event and not self.dropped:
             self.dropped += 1
             if (await session.connection()).dialect.name == "postgresql":
                 await session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
             raise OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
-        await super()._apply(session, event, outcome)
+        await super()._apply(session, event, batch)
 
 
 @pytest.fixture

@@ -1,0 +1,325 @@
+"""Scoring's handler applying a run of events in one transaction, on SQLite and PostgreSQL (no
+broker: the handler is fed as the consumer loop feeds it).
+
+* A batch leaves exactly what the same events applied one per transaction leave: files, orders,
+  refunds, referrals, history and every ``customer.updated`` (version, cause, order).
+* Within a batch a customer's events see each other, a repeated event id is a duplicate, and an
+  event the transaction was not told about still applies.
+* A claim another replica took meanwhile fails the batch; applied one by one, it is a duplicate.
+* The statements a batch costs do not grow with its events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from services.scoring import repository
+from services.scoring.engine import ModelStore
+from services.scoring.tables import orders, outbox, processed_events, refunds, score_history
+from services.scoring.worker import ScoringHandler
+from shared.contracts import (
+    AnyEvent,
+    Channel,
+    InteractionEvent,
+    InteractionKind,
+    InteractionPayload,
+    PurchaseEvent,
+    PurchasePayload,
+    RefundEvent,
+    RefundPayload,
+    TouchEvent,
+    TouchPayload,
+    TouchStatus,
+)
+from shared.kafka import EventProducer
+from shared.service import is_transient
+from tests.integration.test_scoring_pipeline import (
+    Stack,
+    assert_same_files,
+    close_stack,
+    file_state,
+    open_stack,
+    scenario,
+    second_database,
+)
+
+T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
+
+
+async def opened(url: str) -> Stack:
+    # The relay is only notified; nothing is published, so its producer never starts.
+    return await open_stack(url, EventProducer("127.0.0.1:1"), run_relay=False)
+
+
+@pytest.fixture
+async def stack(database_url: str) -> AsyncIterator[Stack]:
+    wired = await opened(database_url)
+    try:
+        yield wired
+    finally:
+        await close_stack(wired)
+
+
+async def apply_batch(stack: Stack, events: Sequence[AnyEvent], upcoming: Sequence[AnyEvent] | None = None) -> None:
+    """One transaction, told ``upcoming`` (default: ``events``), applying ``events``."""
+    async with stack.handler.transaction(events if upcoming is None else upcoming) as apply:
+        for event in events:
+            await apply(event, None)
+
+
+def purchase(event_id: str, order_id: str, amount: str, customer: str = "c-1", minutes: int = 0) -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=event_id,
+        customer_id=customer,
+        occurred_at=T0 + timedelta(minutes=minutes),
+        payload=PurchasePayload(order_id=order_id, amount=Decimal(amount)),
+    )
+
+
+def refund(
+    event_id: str, order_id: str, amount: str, refund_id: str | None, customer: str = "c-1", minutes: int = 5
+) -> RefundEvent:
+    return RefundEvent(
+        event_id=event_id,
+        customer_id=customer,
+        occurred_at=T0 + timedelta(minutes=minutes),
+        payload=RefundPayload(order_id=order_id, refund_id=refund_id, amount=Decimal(amount)),
+    )
+
+
+def referral(event_id: str, referrer: str, referred: str, minutes: int) -> InteractionEvent:
+    return InteractionEvent(
+        event_id=event_id,
+        customer_id=referrer,
+        occurred_at=T0 + timedelta(minutes=minutes),
+        payload=InteractionPayload(kind=InteractionKind.REFERRAL, referred_customer_id=referred),
+    )
+
+
+def touch(event_id: str, customer: str, minutes: int) -> TouchEvent:
+    payload = TouchPayload(
+        touch_id=f"t-{event_id}", plan="post_purchase_follow_up", status=TouchStatus.SENT, channel=Channel.EMAIL
+    )
+    return TouchEvent(
+        event_id=event_id, customer_id=customer, occurred_at=T0 + timedelta(minutes=minutes), payload=payload
+    )
+
+
+async def announcements(stack: Stack) -> list[dict[str, Any]]:
+    """The queued customer.updated messages in outbox order, without the time they were made."""
+    async with stack.sessions() as session:
+        rows = (await session.execute(select(outbox.c.key, outbox.c.value).order_by(outbox.c.id))).all()
+    found = []
+    for key, value in rows:
+        body = json.loads(value)
+        body.pop("received_at")
+        found.append({"key": key, **body})
+    return found
+
+
+async def history_rows(stack: Stack) -> list[dict[str, Any]]:
+    async with stack.sessions() as session:
+        rows = await session.execute(select(score_history).order_by(score_history.c.id))
+        return [{k: v for k, v in row.items() if k not in {"id", "recorded_at"}} for row in rows.mappings().all()]
+
+
+async def count(stack: Stack, table: Any) -> int:
+    return await stack.count(table)
+
+
+def duplicates(stack: Stack) -> float:
+    return float(stack.metrics.duplicates_skipped.labels("scoring")._value.get())
+
+
+def edge_cases() -> list[AnyEvent]:
+    """What a batch must get right besides plain purchases: refunds resent with their id, before
+    and after their order, an order resent under a lower event id, a referral naming a customer
+    before their first event and one naming the referrer themself, touches, repeated event ids."""
+    events: list[AnyEvent] = [
+        refund("x-r0", "x-o9", "5.00", "x-rf9", customer="x-a", minutes=1),  # before its order
+        purchase("x-p1", "x-o1", "100.00", customer="x-a", minutes=2),
+        refund("x-r1", "x-o1", "30.00", "x-rf1", customer="x-a", minutes=3),
+        refund("x-r1-again", "x-o1", "30.00", "x-rf1", customer="x-a", minutes=4),  # the shop's retry
+        refund("x-r2", "x-o1", "10.00", None, customer="x-a", minutes=5),
+        purchase("x-p0", "x-o1", "100.00", customer="x-a", minutes=2),  # o1 resent, lower event id
+        purchase("x-p9", "x-o9", "40.00", customer="x-a", minutes=6),  # the early refund's order
+        refund("x-r0-again", "x-o9", "5.00", "x-rf9", customer="x-a", minutes=7),
+        referral("x-ref1", "x-a", "x-b", minutes=8),  # x-b has no file yet
+        purchase("x-p2", "x-o2", "20.00", customer="x-b", minutes=9),
+        referral("x-ref0", "x-c", "x-b", minutes=1),  # an earlier referrer of x-b
+        referral("x-ref2", "x-a", "x-b", minutes=0),  # the same referral, earlier
+        referral("x-self", "x-d", "x-d", minutes=3),  # a new file naming its own customer
+        touch("x-t1", "x-a", minutes=10),
+        touch("x-t2", "x-nobody", minutes=10),  # no file: none is invented
+        purchase("x-p1", "x-o1", "100.00", customer="x-a", minutes=2),  # the same event id again
+    ]
+    return events
+
+
+async def test_a_batch_leaves_what_one_event_per_transaction_leaves(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    events: list[AnyEvent] = [*scenario(customers=12, seed=7), *edge_cases()]
+    events += events[::9]  # replays of events already applied, some in the same batch
+    alone = await opened(await second_database(database_url, tmp_path, request, "alone"))
+    batched = await opened(database_url)
+    try:
+        for event in events:
+            await alone.handler(event)
+        position = 0
+        while position < len(events):
+            # Told up to 97 events, applying up to 61: the loop may stop before the end of its list.
+            upcoming = events[position : position + 97]
+            applied = upcoming[:61]
+            await apply_batch(batched, applied, upcoming)
+            position += len(applied)
+
+        assert_same_files(await file_state(alone), await file_state(batched))
+        assert await history_rows(alone) == await history_rows(batched)
+        expected = await announcements(alone)
+        assert await announcements(batched) == expected
+        assert len(expected) > 100
+        assert await count(alone, processed_events) == await count(batched, processed_events)
+        assert duplicates(alone) == duplicates(batched) > 0
+    finally:
+        await close_stack(alone)
+        await close_stack(batched)
+
+
+async def test_a_customers_events_in_one_batch_each_announce_their_own_version(stack: Stack) -> None:
+    events = [purchase(f"e-{i}", f"o-{i}", f"{i + 1}.00", minutes=i) for i in range(5)]
+    await apply_batch(stack, events)
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, "c-1")
+    assert file is not None and file.version == 5 and file.totals.order_count == 5
+    assert file.totals.revenue == Decimal("15.00")
+    updates = await announcements(stack)
+    assert [(u["payload"]["version"], u["payload"]["cause"]["event_id"]) for u in updates] == [
+        (i + 1, f"e-{i}") for i in range(5)
+    ]
+    # Each snapshot is the file as of its own event, not the batch's end.
+    assert [u["payload"]["snapshot"]["order_count"] for u in updates] == [1, 2, 3, 4, 5]
+
+
+async def test_a_repeated_event_id_in_one_batch_is_a_duplicate(stack: Stack) -> None:
+    first = purchase("e-1", "o-1", "10.00")
+    await apply_batch(stack, [first, purchase("e-2", "o-2", "5.00"), first])
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, "c-1")
+    assert file is not None and file.version == 2 and file.totals.revenue == Decimal("15.00")
+    assert await count(stack, processed_events) == 2
+    assert duplicates(stack) == 1
+    await apply_batch(stack, [first])  # and in a later batch
+    assert duplicates(stack) == 2
+
+
+async def test_a_resent_order_and_refunds_in_one_batch(stack: Stack) -> None:
+    await apply_batch(
+        stack,
+        [
+            refund("r-0", "o-2", "4.00", "rf-0", minutes=1),  # before its order, booked when it comes
+            purchase("p-5", "o-1", "100.00"),
+            refund("r-1", "o-1", "30.00", "rf-1"),
+            purchase("p-2", "o-1", "100.00"),  # resent under a lower event id
+            refund("r-1-again", "o-1", "30.00", "rf-1", minutes=6),  # resent refund: counted once
+            purchase("p-7", "o-2", "20.00", minutes=2),
+        ],
+    )
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, "c-1")
+        stored = {r.order_id: r for r in await session.execute(select(orders))}
+        refund_count = await session.scalar(select(func.count()).select_from(refunds))
+    assert file is not None
+    assert file.totals.order_count == 2 and file.totals.refunded == Decimal("34.00")
+    assert file.unmatched_refunds == {}
+    assert file.version == 4  # r-0, p-5, r-1, p-7; the resent order and refund change nothing
+    assert (stored["o-1"].event_id, stored["o-1"].refunded) == ("p-2", Decimal("30.00"))
+    assert (stored["o-2"].event_id, stored["o-2"].refunded) == ("p-7", Decimal("4.00"))
+    assert refund_count == 2
+
+    # A later batch books on stored orders and keeps their first event id.
+    await apply_batch(stack, [refund("r-3", "o-2", "1.00", "rf-3"), purchase("p-1", "o-1", "100.00")])
+    async with stack.sessions() as session:
+        stored = {r.order_id: r for r in await session.execute(select(orders))}
+    assert (stored["o-1"].event_id, stored["o-1"].refunded) == ("p-1", Decimal("30.00"))
+    assert stored["o-2"].refunded == Decimal("5.00")
+
+
+async def test_events_the_transaction_was_not_told_about_still_apply(stack: Stack) -> None:
+    await stack.handler(purchase("e-0", "o-0", "1.00", customer="c-9"))
+    told = purchase("e-1", "o-1", "10.00")
+    async with stack.handler.transaction([told]) as apply:
+        await apply(told, None)
+        await apply(purchase("e-2", "o-2", "5.00", minutes=1), None)  # same customer, not told
+        await apply(purchase("e-3", "o-3", "7.00", customer="c-2"), None)  # a customer not read yet
+        await apply(purchase("e-0", "o-0", "1.00", customer="c-9"), None)  # applied before
+        await apply(purchase("e-2", "o-2", "5.00", minutes=1), None)  # earlier in this transaction
+    async with stack.sessions() as session:
+        first = await repository.load_file(session, "c-1")
+        second = await repository.load_file(session, "c-2")
+    assert first is not None and (first.version, first.totals.revenue) == (2, Decimal("15.00"))
+    assert second is not None and (second.version, second.totals.revenue) == (1, Decimal("7.00"))
+    assert duplicates(stack) == 2
+
+
+async def test_a_claim_taken_meanwhile_fails_the_batch_and_one_by_one_it_is_a_duplicate(stack: Stack) -> None:
+    first, second = purchase("e-1", "o-1", "10.00"), purchase("e-2", "o-2", "5.00")
+    with pytest.raises(IntegrityError) as raised:
+        async with stack.handler.transaction([first, second]) as apply:
+            await apply(first, None)
+            # Another replica (the partition's previous owner, say) applies e-2 and commits.
+            async with stack.sessions() as other, other.begin():
+                assert await repository.claim(other, "e-2")
+            await apply(second, None)
+    # Not transient: the consumer loop re-applies the batch's events one per transaction.
+    assert not is_transient(raised.value)
+    assert await count(stack, processed_events) == 1 and await count(stack, outbox) == 0
+    await stack.handler(first)
+    await stack.handler(second)
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, "c-1")
+    assert file is not None and (file.version, file.totals.revenue) == (1, Decimal("10.00"))
+    assert duplicates(stack) == 1
+
+
+async def test_a_batch_costs_a_handful_of_statements_whatever_its_size(stack: Stack) -> None:
+    statements: list[str] = []
+
+    def counted(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)  # an executemany is one
+
+    # The model in force is cached for seconds in production (the test stack re-reads it per event).
+    models = ModelStore(stack.sessions, poll_seconds=3600)
+    await models.current()
+    handler = ScoringHandler(
+        stack.sessions, stack.relay, stack.metrics, settings=stack.settings, models=models, clock=stack.clock
+    )
+    sa_event.listen(stack.engine.sync_engine, "before_cursor_execute", counted)
+    try:
+        for batch in range(2):  # new files, then known ones with stored orders
+            events = [
+                purchase(
+                    f"b{batch}-{i}", f"b{batch}-o{i}", "9.90", customer=f"c-{i % 50}", minutes=batch * 10 + i // 50
+                )
+                for i in range(200)
+            ]
+            statements.clear()
+            async with handler.transaction(events) as apply:
+                for event in events:
+                    await apply(event, None)
+            assert len(statements) < 20, "\n".join(statements)
+    finally:
+        sa_event.remove(stack.engine.sync_engine, "before_cursor_execute", counted)
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, "c-0")
+    assert file is not None and file.version == 8 and file.totals.order_count == 8
