@@ -124,11 +124,23 @@ class FileChanges:
             after = replace(after, version=(before.version if before else 0) + 1)
         earlier = self._files.get(after.customer_id)
         is_new = earlier.is_new if earlier is not None else before is None
-        self._files[after.customer_id] = repository.FileWrite(after, is_new, now)
+        self._files[after.customer_id] = repository.FileWrite(after, is_new, now)  # the whole row
         if announcement is not None:
             as_of = after.scores.as_of if after.scores else now
             self._history += repository.history_rows(after.customer_id, found, announcement.cause, as_of, now)
             self._messages.append(announce(after, announcement, found, now))
+        return after
+
+    def record_engagement(self, before: CustomerFile, engagement: dict[str, Any], now: datetime) -> CustomerFile:
+        """Keep a change of the engagement alone (care received: no version, no announcement).
+        Unless the file has other changes in this transaction, only that column is written.
+        Returns the file as it will be stored."""
+        after = replace(before, engagement=engagement)
+        earlier = self._files.get(after.customer_id)
+        if earlier is None:
+            self._files[after.customer_id] = repository.FileWrite(after, False, now, engagement_only=True)
+        else:
+            self._files[after.customer_id] = replace(earlier, file=after, at=now)
         return after
 
     @property
@@ -144,18 +156,16 @@ class FileChanges:
 
 async def commit(
     session: AsyncSession,
-    before: CustomerFile | None,
+    before: CustomerFile,
     after: CustomerFile,
     found: list[FieldChange],
     announcement: Announcement | None,
     now: datetime | None = None,
 ) -> bool:
-    """Store ``after`` now; with an announcement, bump the version, record the changes and queue
-    the ``customer.updated``. Returns whether something was queued for the relay. (The event
-    consumer keeps its transaction's changes in :class:`FileChanges` and writes them at its end.)"""
-    if announcement is not None and before is None:
-        # A new file: someone may have referred this customer already.
-        after = replace(after, referred_by=await repository.referred_by(session, after.customer_id))
+    """Store ``after``, a change of the existing file ``before``, now; with an announcement, bump
+    the version, record the changes and queue the ``customer.updated``. Returns whether something
+    was queued for the relay. (The event consumer, the one that makes new files, keeps its
+    transaction's changes in :class:`FileChanges` and writes them at its end.)"""
     changes = FileChanges()
     changes.record(before, after, found, announcement, now or datetime.now(UTC))
     await changes.write(session)

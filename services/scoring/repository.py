@@ -310,17 +310,21 @@ class FileWrite:
     file: CustomerFile
     is_new: bool
     at: datetime
-
-
-async def save_file(session: AsyncSession, file: CustomerFile, now: datetime, *, is_new: bool) -> None:
-    await save_files(session, [FileWrite(file, is_new, now)])
+    engagement_only: bool = False
+    """Only the engagement changed (care received): no other column is written."""
 
 
 async def save_files(session: AsyncSession, writes: Sequence[FileWrite]) -> None:
-    """Store whole files: new ones in one INSERT, known ones in one UPDATE (each run as executemany)."""
+    """Store files: new ones in one INSERT, known ones in one UPDATE (each run as executemany);
+    a file whose engagement alone changed has only that column (and updated_at) written."""
     inserts: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for write in writes:
+        if write.engagement_only and not write.is_new:
+            # Not the whole row: a touch would otherwise rewrite every large JSON column.
+            row = {"file_id": write.file.customer_id, "engagement": write.file.engagement, "updated_at": write.at}
+            updates.setdefault(tuple(row), []).append(row)
+            continue
         values = {**_file_columns(write.file), "updated_at": write.at}
         if write.is_new:
             row = {"customer_id": write.file.customer_id, "created_at": write.at, **values}
@@ -563,33 +567,6 @@ _MOVE_REFERRAL = (
     )
     .values(occurred_at=bindparam("at", type_=UTCDateTime()))
 )
-
-
-async def referred_by(session: AsyncSession, customer_id: str) -> str | None:
-    """The first referrer of a customer (by event time, then id, so arrival order does not matter)."""
-    connection = await session.connection()
-    found = await connection.scalar(_REFERRED_BY, {"referred": customer_id})
-    return None if found is None else str(found)
-
-
-_REFERRED_BY = (
-    select(referrals.c.referrer_id)
-    .where(referrals.c.referred_customer_id == bindparam("referred"))
-    .order_by(referrals.c.occurred_at, referrals.c.referrer_id)
-    .limit(1)
-)
-
-
-async def referred_by_many(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
-    rows = await session.execute(
-        select(referrals.c.referred_customer_id, referrals.c.referrer_id, referrals.c.occurred_at)
-        .where(referrals.c.referred_customer_id.in_(customer_ids))
-        .order_by(referrals.c.referred_customer_id, referrals.c.occurred_at, referrals.c.referrer_id)
-    )
-    found: dict[str, str] = {}
-    for row in rows:
-        found.setdefault(row.referred_customer_id, row.referrer_id)
-    return found
 
 
 async def recent_orders(session: AsyncSession, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:

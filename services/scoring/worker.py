@@ -235,17 +235,20 @@ class _Batch:
         """Read what ``events`` need that is not held yet: their claims, files, orders, referrals
         and refund ids, a query each."""
         ours = [e for e in events if isinstance(e, IntakeEvent | TouchEvent)]
-        if claims:
-            ids = {e.event_id for e in ours} - self._checked
-            if ids:
-                self._claimed |= await repository.claimed_among(session, ids)
-                self._checked |= ids
         customers = sorted({e.customer_id for e in ours} - self._files.keys())
         if customers:
             # Locked, in id order, for the transaction (PostgreSQL): the lapse sweep and operators
             # write files too.
             files = {f.customer_id: f for f in await repository.load_files(session, customers, for_update=True)}
             self._files.update({cid: files.get(cid) for cid in customers})
+        if claims:
+            # After the locks: a replica that applied these customers' events meanwhile (a
+            # rebalance) has committed by now, and its claims read as duplicates, not as a
+            # unique violation that fails the batch.
+            ids = {e.event_id for e in ours} - self._checked
+            if ids:
+                self._claimed |= await repository.claimed_among(session, ids)
+                self._checked |= ids
         await self.books.load(session, ours, customers, self._files)
 
     async def claim(self, session: AsyncSession, event: IntakeEvent | TouchEvent) -> bool:
@@ -301,7 +304,10 @@ class _Batch:
             return  # no file (erased, or a touch for a customer scoring never saw): nothing to keep
         engagement = note_touch(current.engagement, event.payload, event.occurred_at)
         if engagement != current.engagement:
-            self.store(current, replace(current, engagement=engagement), [], None)
+            # Written alone (one narrow UPDATE) unless the file changes otherwise in this batch.
+            stored = self.changes.record_engagement(current, engagement, datetime.now(UTC))
+            self._files[event.customer_id] = stored
+            self._unsettled.add(event.customer_id)
 
     async def write(self, session: AsyncSession) -> None:
         """Everything the applied events changed, a multi-row statement per table. Claims first:

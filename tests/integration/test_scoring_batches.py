@@ -7,6 +7,7 @@ broker: the handler is fed as the consumer loop feeds it).
   event the transaction was not told about still applies.
 * A claim another replica took meanwhile fails the batch; applied one by one, it is a duplicate.
 * The statements a batch costs do not grow with its events.
+* A file only touched in a batch has its engagement written alone, not the whole row.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from services.scoring import repository
 from services.scoring.engine import ModelStore
 from services.scoring.tables import orders, outbox, processed_events, refunds, score_history
+from services.scoring.views import care_summary
 from services.scoring.worker import ScoringHandler
 from shared.contracts import (
     AnyEvent,
@@ -323,3 +325,52 @@ async def test_a_batch_costs_a_handful_of_statements_whatever_its_size(stack: St
     async with stack.sessions() as session:
         file = await repository.load_file(session, "c-0")
     assert file is not None and file.version == 8 and file.totals.order_count == 8
+
+
+def set_columns(statement: str) -> set[str]:
+    """The columns an UPDATE sets, whatever the driver's parameter style."""
+    assignments = statement.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+    return {part.split("=", 1)[0].strip().strip('"') for part in assignments.split(",")}
+
+
+async def test_a_file_only_touched_in_a_batch_has_its_engagement_written_alone(stack: Stack) -> None:
+    await apply_batch(stack, [purchase("p-1", "o-1", "10.00"), purchase("p-2", "o-2", "20.00", customer="c-2")])
+    async with stack.sessions() as session:
+        before = await repository.load_file(session, "c-1")
+    file_updates: list[tuple[str, str]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE CUSTOMER_FILES"):
+            file_updates.append((statement, str(parameters)))
+
+    sa_event.listen(stack.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        # c-1 is only touched (twice); c-2 is touched and buys again, so its whole row is written.
+        await apply_batch(
+            stack,
+            [
+                touch("t-1", "c-1", minutes=10),
+                touch("t-2", "c-2", minutes=10),
+                purchase("p-3", "o-3", "5.00", customer="c-2", minutes=11),
+                touch("t-3", "c-1", minutes=12),
+            ],
+        )
+    finally:
+        sa_event.remove(stack.engine.sync_engine, "before_cursor_execute", seen)
+
+    narrow = [(statement, params) for statement, params in file_updates if "c-1" in params]
+    assert len(narrow) == 1, file_updates
+    assert set_columns(narrow[0][0]) == {"engagement", "updated_at"}
+    assert "c-2" not in narrow[0][1]
+    whole = [statement for statement, params in file_updates if "c-2" in params]
+    assert len(whole) == 1 and {"version", "profile", "engagement", "revenue"} <= set_columns(whole[0])
+
+    async with stack.sessions() as session:
+        first = await repository.load_file(session, "c-1")
+        second = await repository.load_file(session, "c-2")
+    assert before is not None and first is not None and second is not None
+    assert care_summary(first.engagement["care"]).touches == {"sent": 2}
+    assert care_summary(first.engagement["care"]).last_sent_at == T0 + timedelta(minutes=12)
+    assert (first.version, first.scores, first.totals) == (before.version, before.scores, before.totals)
+    assert care_summary(second.engagement["care"]).touches == {"sent": 1}
+    assert (second.version, second.totals.revenue) == (2, Decimal("25.00"))
