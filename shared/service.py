@@ -29,9 +29,24 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 INTERNAL_TOKEN_HEADER = "X-Huitou-Internal-Token"
 
 
+# PostgreSQL's deadlock and serialization failures: the server aborted one side of a conflict
+# between transactions, and the same work retried succeeds.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    original = error.orig
+    for candidate in (original, getattr(original, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
 def is_transient(error: BaseException) -> bool:
-    """Failures that will pass by themselves: a database or broker that is down or locked."""
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
+    """Failures that will pass by themselves: a database or broker that is down or locked, or a
+    transaction the database aborted to break a deadlock."""
+    if isinstance(error, DBAPIError) and (error.connection_invalidated or _sqlstate(error) in _RETRYABLE_SQLSTATES):
         return True
     return isinstance(
         error, OperationalError | InterfaceError | BrokerUnavailable | ConnectionError | OSError | TimeoutError
