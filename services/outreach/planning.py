@@ -298,11 +298,30 @@ class PlanningState:
     only among its customer's touches. Keys carry their customer's id, so the prefetched
     touches answer a batch; a transaction of one (the loop's fallback) asks the table, as the
     unique index is the final word.
+
+    ``horizon``: the longest dedupe or attribution window in force. Touches are then read only if
+    due or sent within it (with every touch's idempotency key, a narrow column), and a customer's
+    older touches are read when a window reaches further back (a late event), so the answers
+    are those of reading them all. ``attribution_reach``: the longest attribution window.
+
+    Customers' rows are locked as they are read (PostgreSQL), and ``flush`` looks for tombstones
+    again: nothing is written for a customer an operator erased since the state read them.
     """
 
-    def __init__(self, session: AsyncSession, *, exact_keys: bool = True) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        *,
+        exact_keys: bool = True,
+        horizon: timedelta | None = None,
+        attribution_reach: timedelta | None = None,
+    ) -> None:
         self.session = session
         self._exact_keys = exact_keys
+        self._since = datetime.now(UTC) - horizon if horizon is not None else None
+        self._attribution_reach = attribution_reach
+        self._touches_since: dict[str, datetime | None] = {}  # customer -> touches read since (None: all)
+        self._tombstones_read: dict[str, int | None] = {}  # customer -> tombstone when first read
         self._claims_known: set[str] = set()  # ids whose claim was looked up in advance
         self._claimed: set[str] = set()  # applied before, or in this transaction
         self._new_claims: list[tuple[str, datetime]] = []
@@ -322,48 +341,69 @@ class PlanningState:
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def prefetch(self, customer_ids: set[str], event_ids: list[str]) -> None:
-        """Read what a batch's events will need, one query per kind."""
+    async def prefetch(
+        self, customer_ids: set[str], event_ids: list[str], touch_customers: set[str] | None = None
+    ) -> None:
+        """Read what a batch's events will need, one query per kind; touches only of
+        ``touch_customers`` (those whose events can plan or convert; default: all)."""
         self._claimed |= await repository.claimed_among(self.session, processed_events, event_ids)
         self._claims_known |= set(event_ids)
         await self._load_customers(customer_ids)
         await self._load_consents(customer_ids)
-        await self._load_touches(customer_ids)
+        await self._load_touches(customer_ids if touch_customers is None else touch_customers)
 
     async def _load_customers(self, customer_ids: set[str]) -> None:
-        missing = [c for c in customer_ids if c not in self._held]
+        missing = sorted(c for c in customer_ids if c not in self._held)
         if not missing:
             return
-        stored = await repository.stored_customers(self.session, missing)
+        stored = await repository.stored_customers(self.session, missing, lock=True)
         tombstones = await repository.tombstones(self.session, missing)
         for customer_id in missing:
             version, data = stored.get(customer_id, (None, None))
             self._held[customer_id] = _Held(
                 version=version, stored=data, validated=data is None, tombstone=tombstones.get(customer_id)
             )
+            self._tombstones_read[customer_id] = tombstones.get(customer_id)
 
     async def _load_consents(self, customer_ids: set[str]) -> None:
         missing = [c for c in customer_ids if c not in self._consents]
         if missing:
+            await self._load_customers(set(missing))  # locked, and its tombstone known to flush
             found = await repository.consents_of(self.session, missing)
             for customer_id in missing:
                 self._consents[customer_id] = found.get(customer_id, {})
 
     async def _load_touches(self, customer_ids: set[str]) -> None:
         missing = [c for c in customer_ids if c not in self._touches]
-        if missing:
-            found = await repository.touches_of(self.session, missing)
-            for customer_id in missing:
-                rows = found.get(customer_id, [])
-                self._touches[customer_id] = rows
-                self._keys.update((row["idempotency_key"], customer_id) for row in rows)
+        if not missing:
+            return
+        await self._load_customers(set(missing))
+        since = self._since
+        found = await repository.touches_of(self.session, missing, since=since)
+        keys = await repository.touch_keys_of(self.session, missing) if since is not None else {}
+        for customer_id in missing:
+            rows = found.get(customer_id, [])
+            self._touches[customer_id] = rows
+            self._touches_since[customer_id] = since
+            self._keys.update((row["idempotency_key"], customer_id) for row in rows)
+            self._keys.update((key, customer_id) for key in keys.get(customer_id, []))
 
     async def _customer(self, customer_id: str) -> _Held:
         await self._load_customers({customer_id})
         return self._held[customer_id]
 
-    async def _touches_of(self, customer_id: str) -> list[dict[str, Any]]:
+    async def _touches_of(self, customer_id: str, reach: datetime | None) -> list[dict[str, Any]]:
+        """The customer's touches, with every one due or sent since ``reach`` (None: all)."""
         await self._load_touches({customer_id})
+        since = self._touches_since[customer_id]
+        if since is not None and (reach is None or reach < since):
+            # A window reaching back before what was read: read the rest (held rows, perhaps
+            # changed here, stay as they are).
+            held = self._touches[customer_id]
+            known = {row["touch_id"] for row in held}
+            older = (await repository.touches_of(self.session, [customer_id])).get(customer_id, [])
+            held.extend(row for row in older if row["touch_id"] not in known)
+            self._touches_since[customer_id] = None
         return self._touches[customer_id]
 
     async def snapshot(self, customer_id: str) -> CustomerSnapshot | None:
@@ -396,7 +436,7 @@ class PlanningState:
             row["plan"] == plan
             and row["status"] != TouchStatus.CANCELLED.value
             and around - window < row["due_at"] < around + window
-            for row in await self._touches_of(customer_id)
+            for row in await self._touches_of(customer_id, around - window)
         )
 
     async def offer_spent(self, plan: str, since: datetime) -> Decimal:
@@ -475,7 +515,8 @@ class PlanningState:
     ) -> list[dict[str, Any]]:
         """``repository.attribute_purchase`` in memory."""
         converted = []
-        for row in await self._touches_of(customer_id):
+        reach = occurred_at - self._attribution_reach if self._attribution_reach is not None else None
+        for row in await self._touches_of(customer_id, reach):
             if row["converted_at"] is not None:
                 continue
             sent = row["status"] == TouchStatus.SENT.value
@@ -501,7 +542,13 @@ class PlanningState:
         held.tombstone = tombstone if held.tombstone is None else max(held.tombstone, tombstone)
         held.version, held.stored, held.snapshot, held.validated, held.changed_at = None, None, None, True, None
         self._erased[customer_id] = (held.tombstone, now)
+        self._drop(customer_id)
+        self._spent.clear()  # the budget no longer counts the customer's offers
+
+    def _drop(self, customer_id: str) -> None:
+        """Forget what this transaction read and planned of the customer (touches, consents)."""
         self._consents[customer_id] = {}
+        self._touches_since[customer_id] = None  # nothing older to read: its touches are gone
         self._changed_consents = {key for key in self._changed_consents if key[0] != customer_id}
         gone = {row["touch_id"] for row in self._touches.get(customer_id, [])}
         self._touches[customer_id] = []
@@ -510,7 +557,6 @@ class PlanningState:
         self._touch_changes = {t: values for t, values in self._touch_changes.items() if t not in gone}
         self._suppressions = [row for row in self._suppressions if row["customer_id"] != customer_id]
         self._tasks = {t: row for t, row in self._tasks.items() if row["customer_id"] != customer_id}
-        self._spent.clear()  # the budget no longer counts the customer's offers
 
     def add_touch(self, row: dict[str, Any]) -> None:
         customer_id = row["customer_id"]
@@ -529,10 +575,41 @@ class PlanningState:
     def enqueue(self, messages: list[Outgoing]) -> None:
         self.messages += messages
 
+    async def _skip_erased_meanwhile(self) -> None:
+        """Drop the writes for customers an operator erased after this state read them: their
+        tombstone is newer than the one read (PostgreSQL: an erasure that committed while the
+        customer had no row to lock; SQLite's writers are serialised, a stale read fails to
+        write instead)."""
+        touched = (
+            {c for c, held in self._held.items() if held.changed_at is not None}
+            | {c for c, _, _ in self._changed_consents}
+            | {row["customer_id"] for row in self._new_touches}
+            | {row["customer_id"] for row in self._suppressions}
+            | {row["customer_id"] for row in self._tasks.values()}
+            | {c for c, rows in self._touches.items() for row in rows if row["touch_id"] in self._touch_changes}
+        )
+        if not touched:
+            return
+        now = await repository.tombstones(self.session, sorted(touched))
+        gone = {c for c, version in now.items() if (read := self._tombstones_read.get(c)) is None or version > read}
+        for customer_id in sorted(gone):
+            log.warning("customer %s was erased during the transaction: nothing is written for them", customer_id)
+            held = self._held.get(customer_id)
+            if held is not None:
+                held.tombstone, held.changed_at = now[customer_id], None
+                held.version, held.stored, held.snapshot, held.validated = None, None, None, True
+            if customer_id in self._erased:  # erased here too: keep the newer tombstone
+                version, at = self._erased[customer_id]
+                self._erased[customer_id] = (max(version, now[customer_id]), at)
+            self._drop(customer_id)
+        if gone:
+            self.messages = [m for m in self.messages if m.key not in gone]
+
     async def flush(self) -> None:
         """Write what the transaction changed: erasures first (what follows them in the
         transaction is written after), the outbox last."""
         session = self.session
+        await self._skip_erased_meanwhile()
         await repository.claim_many(session, processed_events, self._new_claims)
         await repository.erase_many(session, self._erased)
         await repository.remember_many(

@@ -141,8 +141,13 @@ async def customers_after(session: AsyncSession, after: str | None, limit: int) 
 
 async def erase_customer(session: AsyncSession, customer_id: str, now: datetime, version: int = 0) -> dict[str, int]:
     """Delete everything held about the customer; keep only a tombstone (id, when, version) so
-    a late event cannot bring the data back."""
-    stored = await session.scalar(select(customers.c.version).where(customers.c.customer_id == customer_id))
+    a late event cannot bring the data back.
+
+    The customer's row is locked first (PostgreSQL): a consumer batch holding it (see
+    ``stored_customers``) commits before this deletes anything, so what it wrote goes too."""
+    stored = await session.scalar(
+        select(customers.c.version).where(customers.c.customer_id == customer_id).with_for_update()
+    )
     counts: dict[str, int] = {}
     touch_ids = select(touches.c.touch_id).where(touches.c.customer_id == customer_id)
     result = await session.execute(delete(touch_attempts).where(touch_attempts.c.touch_id.in_(touch_ids)))
@@ -714,15 +719,24 @@ async def claim_many(session: AsyncSession, table: Any, claims: Sequence[tuple[s
         await session.execute(insert(table), [{"event_id": e, "processed_at": at} for e, at in claims])
 
 
-async def stored_customers(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, tuple[int, Any]]:
-    """(version, snapshot as stored) per customer we hold."""
+async def stored_customers(
+    session: AsyncSession, customer_ids: Sequence[str], *, lock: bool = False
+) -> dict[str, tuple[int, Any]]:
+    """(version, snapshot as stored) per customer we hold.
+
+    ``lock``: the rows are locked for the transaction (PostgreSQL; SQLite serialises writers), in
+    customer-id order so two batches naming the same customers queue rather than deadlock. An
+    operator's erasure (``erase_customer``) locks the row first, so it waits for the batch."""
     if not customer_ids:
         return {}
-    rows = await session.execute(
-        select(customers.c.customer_id, customers.c.version, customers.c.snapshot).where(
-            customers.c.customer_id.in_(set(customer_ids))
-        )
+    query = (
+        select(customers.c.customer_id, customers.c.version, customers.c.snapshot)
+        .where(customers.c.customer_id.in_(set(customer_ids)))
+        .order_by(customers.c.customer_id)
     )
+    if lock:
+        query = query.with_for_update()
+    rows = await session.execute(query)
     return {row.customer_id: (row.version, row.snapshot) for row in rows}
 
 
@@ -746,16 +760,34 @@ async def consents_of(session: AsyncSession, customer_ids: Sequence[str]) -> dic
     return held
 
 
-async def touches_of(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Every touch of these customers (``HELD_TOUCH_COLUMNS``), per customer."""
+async def touches_of(
+    session: AsyncSession, customer_ids: Sequence[str], *, since: datetime | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The touches of these customers (``HELD_TOUCH_COLUMNS``), per customer: every one, or with
+    ``since`` only those due or sent since then (what a dedupe window or an attribution window
+    reaching back no further than ``since`` can see)."""
     held: dict[str, list[dict[str, Any]]] = {}
     if not customer_ids:
         return held
-    rows = (
-        await session.execute(select(*HELD_TOUCH_COLUMNS).where(touches.c.customer_id.in_(set(customer_ids))))
-    ).mappings()
-    for row in rows:
+    query = select(*HELD_TOUCH_COLUMNS).where(touches.c.customer_id.in_(set(customer_ids)))
+    if since is not None:
+        query = query.where(or_(touches.c.due_at >= since, touches.c.sent_at >= since))
+    for row in (await session.execute(query)).mappings():
         held.setdefault(row["customer_id"], []).append(dict(row))
+    return held
+
+
+async def touch_keys_of(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The idempotency keys of every touch of these customers, per customer (one narrow column:
+    a key is taken forever, however old its touch)."""
+    held: dict[str, list[str]] = {}
+    if not customer_ids:
+        return held
+    rows = await session.execute(
+        select(touches.c.customer_id, touches.c.idempotency_key).where(touches.c.customer_id.in_(set(customer_ids)))
+    )
+    for row in rows:
+        held.setdefault(row.customer_id, []).append(row.idempotency_key)
     return held
 
 
@@ -805,22 +837,21 @@ async def erase_many(session: AsyncSession, erased: Mapping[str, tuple[int, date
 
 
 async def remember_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write snapshots (``customer_id``, ``version``, ``snapshot``, ``updated_at``), each only over
-    an older stored version: the caller decided they are newer, this keeps it true if a concurrent
-    writer got there first."""
+    """Write snapshots (``customer_id``, ``version``, ``snapshot``, ``updated_at``): the statement
+    of ``remember_customer``, once per row in one executemany, so each is written only over an
+    older stored version and never under a tombstone covering it (an erasure committed since the
+    caller read)."""
     if not rows:
         return
-    statement = _upsert_for(session)(customers)
-    statement = statement.on_conflict_do_update(
-        index_elements=[customers.c.customer_id],
-        set_={
-            "version": statement.excluded.version,
-            "snapshot": statement.excluded.snapshot,
-            "updated_at": statement.excluded.updated_at,
-        },
-        where=customers.c.version < statement.excluded.version,
+    connection = await session.connection()
+    statement = _REMEMBER_PG if connection.dialect.name == "postgresql" else _REMEMBER_SQLITE
+    await connection.execute(
+        statement,
+        [
+            {"customer": r["customer_id"], "version": r["version"], "snapshot": r["snapshot"], "now": r["updated_at"]}
+            for r in rows
+        ],
     )
-    await session.execute(statement, list(rows))
 
 
 async def save_consents(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from aiokafka import ConsumerRecord
@@ -81,7 +81,12 @@ class OutreachHandler:
         async with transaction(self._sessions) as session:
             # A transaction of one asks the touch table for its keys, exactly as the unique index
             # will judge them: it is the fallback when a batch failed.
-            state = PlanningState(session, exact_keys=not upcoming)
+            state = PlanningState(
+                session,
+                exact_keys=not upcoming,
+                horizon=self._horizon(catalog.book),
+                attribution_reach=self._attribution_reach(catalog.book),
+            )
             await state.prefetch(*_named(upcoming))
 
             async def apply(event: AnyEvent, _record: ConsumerRecord[bytes, bytes] | None = None) -> None:
@@ -95,6 +100,17 @@ class OutreachHandler:
             self._metrics.duplicates_skipped.labels("outreach").inc(outcome.duplicates)
         if outcome.queued:
             self._relay.notify()
+
+    def _attribution_reach(self, book: PlanBook) -> timedelta:
+        """The longest attribution window of the plans in force (and the default)."""
+        windows = [a.plan.attribution_window for a in book.plans if a.plan.attribution_window is not None]
+        return max([self._settings.default_attribution_window, *windows])
+
+    def _horizon(self, book: PlanBook) -> timedelta:
+        """How far back a touch can still matter to planning (a dedupe window) or to a purchase
+        (an attribution window); the state reads further back only when an event needs it."""
+        windows = [a.plan.dedupe.window for a in book.plans if a.plan.dedupe.window is not None]
+        return max([self._attribution_reach(book), *windows])
 
     async def _apply(self, state: PlanningState, event: AnyEvent, book: PlanBook, outcome: _Outcome) -> None:
         """Claim the event, apply it, and put the messages it calls for in the outbox."""
@@ -210,17 +226,21 @@ class OutreachHandler:
         return messages
 
 
-def _named(upcoming: Sequence[AnyEvent]) -> tuple[set[str], list[str]]:
-    """The customers (with the referrers whose touches a customer.updated may plan) and the event
-    ids a batch names: what its transaction reads up front."""
+def _named(upcoming: Sequence[AnyEvent]) -> tuple[set[str], list[str], set[str]]:
+    """The customers (with the referrers whose touches a customer.updated may plan), the event
+    ids a batch names, and the customers whose touches it may read (events that plan or convert;
+    not consents or erasures): what its transaction reads up front."""
     handled = [event for event in upcoming if isinstance(event, HANDLED)]
     customers = {event.customer_id for event in handled}
-    customers |= {
+    referrers = {
         event.payload.snapshot.referred_by
         for event in handled
         if isinstance(event, CustomerUpdatedEvent) and event.payload.snapshot.referred_by
     }
-    return customers, [event.event_id for event in handled]
+    planning = {
+        e.customer_id for e in handled if isinstance(e, CustomerUpdatedEvent | PurchaseEvent | InteractionEvent)
+    }
+    return customers | referrers, [event.event_id for event in handled], planning | referrers
 
 
 @dataclass

@@ -7,6 +7,7 @@ several per event."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from sqlalchemy import event, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.outreach import repository
 from services.outreach.api import MIGRATIONS
 from services.outreach.planning import PlanCatalog
 from services.outreach.settings import OutreachSettings
@@ -394,6 +396,71 @@ async def test_erasure_mid_batch_removes_what_the_batch_planned_for_the_customer
     assert await outreach.rows(select(erasures.c.version).where(erasures.c.customer_id == cid)) == [{"version": 1}]
     # What was announced before the erasure stays announced (downstream forgets on customer.erased).
     assert await outreach.rows(select(outbox.c.id))
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["stored-customer", "new-customer"])
+async def test_an_operator_erasure_landing_mid_batch_leaves_nothing_of_the_customer(
+    outreach: Outreach, known: bool
+) -> None:
+    if outreach.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers: a stale batch fails to write (transient) and is retried")
+    cid = f"op-gone-{known}"
+    if known:
+        await outreach.batch([updated(cid, 1, cause="in-op-1")])
+    events: list[AnyEvent] = [
+        updated(cid, 2, cause="in-op-2", order_id="o-2", changes=[tier_change("C", "B")]),
+        complaint(cid, 1),  # opens a task
+        consent(cid, 1, granted=True, channel="email"),
+    ]
+    prefetched = asyncio.Event()
+
+    async def operator_erases() -> None:
+        await prefetched.wait()
+        async with transaction(outreach.sessions) as session:
+            await repository.erase_customer(session, cid, datetime.now(UTC))
+
+    eraser = asyncio.create_task(operator_erases())
+    async with outreach.handler.transaction(events) as apply:  # prefetch is done once this yields
+        prefetched.set()
+        if known:
+            # The batch holds the customer's row: the erasure waits for it to commit.
+            await asyncio.sleep(0.5)
+            assert not eraser.done()
+        else:
+            await eraser  # nothing to lock: the erasure commits while the batch is under way
+        for one in events:
+            await apply(one, None)
+    await eraser
+
+    for table in (touches, consents, customers, suppressions, operator_tasks):
+        assert await outreach.rows(select(table).where(table.c.customer_id == cid)) == [], table.name
+    assert await outreach.rows(select(erasures.c.customer_id).where(erasures.c.customer_id == cid))
+    if not known:
+        # Nothing of what it planned is announced either.
+        assert [
+            row for row in await outreach.rows(select(outbox.c.value)) if parse_event(row["value"]).customer_id == cid
+        ] == []
+
+
+async def test_a_late_purchase_converts_a_touch_older_than_the_windows_read_up_front(outreach: Outreach) -> None:
+    # A batch reads only touches due or sent within the longest window; a purchase reaching back
+    # further reads the customer's older touches, so it converts exactly what it always did.
+    cid = "late-buyer"
+    await outreach.batch([updated(cid, 1, cause="in-late-1")])
+    long_ago = NOW - timedelta(days=400)
+    async with transaction(outreach.sessions) as session:
+        await session.execute(
+            touches.update()
+            .where(touches.c.customer_id == cid)
+            .values(status="sent", sent_at=long_ago, due_at=long_ago, holdout=False)
+        )
+    await outreach.batch([consent(cid, 1, granted=True), purchase(cid, "o-old", at=long_ago + timedelta(hours=1))])
+
+    rows = await outreach.rows(
+        select(touches.c.status, touches.c.converted_order_id).where(touches.c.customer_id == cid)
+    )
+    assert rows and any(row["converted_order_id"] == "o-old" for row in rows)
+    assert all(row["status"] == "converted" for row in rows if row["converted_order_id"] == "o-old")
 
 
 async def test_a_claim_made_meanwhile_by_another_replica_fails_the_batch_and_it_converges(outreach: Outreach) -> None:
