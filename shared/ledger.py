@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -82,6 +83,35 @@ async def claim_event(session: AsyncSession, table: Table, event_id: str) -> boo
         raise NotImplementedError(f"only SQLite and PostgreSQL are supported, not {dialect}")
     result = await connection.execute(statement)
     return bool(getattr(result, "rowcount", 0))
+
+
+async def claimed_among(session: AsyncSession, table: Table, event_ids: Collection[str]) -> set[str]:
+    """Which of ``event_ids`` were applied before (one query; a batch looks its events up front)."""
+    if not event_ids:
+        return set()
+    connection = await session.connection()
+    rows = await connection.execute(
+        select(table.c.event_id).where(table.c.event_id.in_(bindparam("ids", expanding=True))),
+        {"ids": sorted(set(event_ids))},
+    )
+    return {row.event_id for row in rows}
+
+
+async def claim_many(
+    session: AsyncSession, table: Table, event_ids: Sequence[str], now: datetime | None = None
+) -> None:
+    """Claim ids the caller found unclaimed (``claimed_among``), in one statement.
+
+    A plain INSERT on purpose: if another replica claimed one meanwhile, the unique violation
+    (not transient) fails the transaction rather than letting an event be applied twice; the
+    batch rolls back and is re-applied one event per transaction, where ``claim_event`` sees the
+    earlier claim and skips the event.
+    """
+    if not event_ids:
+        return
+    at = now or datetime.now(UTC)
+    connection = await session.connection()
+    await connection.execute(insert(table), [{"event_id": e, "processed_at": at} for e in event_ids])
 
 
 async def prune_processed(session: AsyncSession, table: Table, keep: timedelta) -> int:

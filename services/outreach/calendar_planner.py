@@ -14,12 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.outreach import repository
 from services.outreach.care import plan_calendar
-from services.outreach.planning import PlanCatalog, apply_planned, planning_defaults
+from services.outreach.planning import PlanCatalog, PlanningState, apply_planned, planning_defaults
 from services.outreach.settings import OutreachSettings
-from services.outreach.tables import outbox
 from shared.db import transaction
-from shared.kafka import Outgoing
-from shared.ledger import OutboxRelay, enqueue
+from shared.ledger import OutboxRelay
 
 log = logging.getLogger("huitou.outreach.calendar")
 
@@ -71,30 +69,39 @@ class CalendarPlanner:
                 batch = await repository.customers_after(session, after, self._settings.calendar_scan_batch)
                 if not batch:
                     break
-                messages: list[Outgoing] = []
-                for customer_id, snapshot in batch:
-                    for planned in plan_calendar(
+                planned = [
+                    (touch, snapshot)
+                    for customer_id, snapshot in batch
+                    for touch in plan_calendar(
                         customer_id,
                         snapshot,
                         book,
                         now=now,
                         horizon=self._settings.calendar_horizon,
                         defaults=self._defaults,
-                    ):
-                        produced = await apply_planned(
-                            session,
-                            planned,
-                            cause_event_id=f"calendar:{now.date().isoformat()}",
-                            book=book,
-                            settings=self._settings,
-                            now=now,
-                            snapshot=snapshot,
-                        )
-                        stored += bool(produced)
-                        messages += produced
-                for message in messages:
-                    await enqueue(session, outbox, message)
+                    )
+                ]
+                # One state for the scan transaction: what the planned touches need is read up
+                # front (a query per kind, for the customers that have one) and written at its end.
+                state = PlanningState(session)
+                await state.prefetch({touch.customer_id for touch, _ in planned}, [])
+                await state.look_up_keys([touch for touch, _ in planned])
+                for touch, snapshot in planned:
+                    produced = await apply_planned(
+                        session,
+                        touch,
+                        cause_event_id=f"calendar:{now.date().isoformat()}",
+                        book=book,
+                        settings=self._settings,
+                        now=now,
+                        snapshot=snapshot,
+                        state=state,
+                    )
+                    stored += bool(produced)
+                    state.enqueue(produced)
+                queued = bool(state.messages)
+                await state.flush()
             after = batch[-1][0]
-            if messages and self._relay is not None:
+            if queued and self._relay is not None:
                 self._relay.notify()
         return stored

@@ -35,7 +35,7 @@ from services.outreach.tables import outbox, processed_events
 from shared.contracts import Channel, CustomerSnapshot, Purpose, TouchStatus
 from shared.db import transaction
 from shared.kafka import Outgoing
-from shared.ledger import claim_event, enqueue_many
+from shared.ledger import claim_event, claim_many, claimed_among, enqueue_many
 
 log = logging.getLogger("huitou.outreach.planning")
 
@@ -324,7 +324,7 @@ class PlanningState:
         self._tombstones_read: dict[str, int | None] = {}  # customer -> tombstone when first read
         self._claims_known: set[str] = set()  # ids whose claim was looked up in advance
         self._claimed: set[str] = set()  # applied before, or in this transaction
-        self._new_claims: list[tuple[str, datetime]] = []
+        self._new_claims: list[str] = []
         self._held: dict[str, _Held] = {}
         self._consents: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         self._changed_consents: set[tuple[str, str, str]] = set()
@@ -346,7 +346,7 @@ class PlanningState:
     ) -> None:
         """Read what a batch's events will need, one query per kind; touches only of
         ``touch_customers`` (those whose events can plan or convert; default: all)."""
-        self._claimed |= await repository.claimed_among(self.session, processed_events, event_ids)
+        self._claimed |= await claimed_among(self.session, processed_events, event_ids)
         self._claims_known |= set(event_ids)
         await self._load_customers(customer_ids)
         await self._load_consents(customer_ids)
@@ -458,13 +458,13 @@ class PlanningState:
 
     # --- changes --------------------------------------------------------------------------
 
-    async def claim(self, event_id: str, now: datetime) -> bool:
+    async def claim(self, event_id: str) -> bool:
         """Claim the event's id; False if it was applied before (or earlier in this transaction)."""
         if event_id in self._claimed:
             return False
         self._claimed.add(event_id)
         if event_id in self._claims_known:
-            self._new_claims.append((event_id, now))
+            self._new_claims.append(event_id)
             return True
         # Not announced: claim it now, the way a transaction of one does.
         return await claim_event(self.session, processed_events, event_id)
@@ -610,7 +610,7 @@ class PlanningState:
         transaction is written after), the outbox last."""
         session = self.session
         await self._skip_erased_meanwhile()
-        await repository.claim_many(session, processed_events, self._new_claims)
+        await claim_many(session, processed_events, self._new_claims)
         await repository.erase_many(session, self._erased)
         await repository.remember_many(
             session,

@@ -702,23 +702,6 @@ HELD_TOUCH_COLUMNS = (
 )
 
 
-async def claimed_among(session: AsyncSession, table: Any, event_ids: Sequence[str]) -> set[str]:
-    """Which of these event ids were applied before (the ledger is ``table``)."""
-    if not event_ids:
-        return set()
-    found = await session.scalars(select(table.c.event_id).where(table.c.event_id.in_(set(event_ids))))
-    return set(found)
-
-
-async def claim_many(session: AsyncSession, table: Any, claims: Sequence[tuple[str, datetime]]) -> None:
-    """Record these (event id, when) as applied. A plain insert on purpose: an id another replica
-    claimed meanwhile raises the unique violation, which is not transient, so the batch rolls back
-    and is re-applied one event per transaction, where ``shared.ledger.claim_event`` sees the
-    earlier claim and skips the event."""
-    if claims:
-        await session.execute(insert(table), [{"event_id": e, "processed_at": at} for e, at in claims])
-
-
 async def stored_customers(
     session: AsyncSession, customer_ids: Sequence[str], *, lock: bool = False
 ) -> dict[str, tuple[int, Any]]:

@@ -117,7 +117,7 @@ class OutreachHandler:
         if not isinstance(event, HANDLED):
             return
         now = datetime.now(UTC)
-        if not await state.claim(event.event_id, now):
+        if not await state.claim(event.event_id):
             outcome.duplicates += 1
             return
         messages: list[Outgoing] = []

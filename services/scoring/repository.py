@@ -347,30 +347,6 @@ async def claim(session: AsyncSession, event_id: str) -> bool:
     return await claim_event(session, processed_events, event_id)
 
 
-async def claimed_among(session: AsyncSession, event_ids: Collection[str]) -> set[str]:
-    """Which of ``event_ids`` were applied before."""
-    if not event_ids:
-        return set()
-    connection = await session.connection()
-    rows = await connection.execute(_CLAIMED, {"ids": list(event_ids)})
-    return {row.event_id for row in rows}
-
-
-_CLAIMED = select(processed_events.c.event_id).where(processed_events.c.event_id.in_(bindparam("ids", expanding=True)))
-
-
-async def insert_claims(session: AsyncSession, event_ids: Sequence[str], now: datetime) -> None:
-    """Claim ids the caller found unclaimed. A plain INSERT on purpose: if another replica claimed
-    one meanwhile, the unique violation fails the transaction rather than letting an event be
-    applied twice."""
-    if event_ids:
-        connection = await session.connection()
-        await connection.execute(_INSERT_CLAIM, [{"event_id": e, "processed_at": now} for e in event_ids])
-
-
-_INSERT_CLAIM = insert(processed_events)
-
-
 # --- orders, refunds, referrals -----------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ from services.scoring.purchases import OrderLine
 from services.scoring.repository import RefundBooking, RefundKey
 from services.scoring.scorecard import Rules
 from services.scoring.settings import ScoringSettings
+from services.scoring.tables import processed_events
 from shared.contracts import (
     AnyEvent,
     ConsentEvent,
@@ -60,7 +61,7 @@ from shared.contracts import (
     TouchEvent,
 )
 from shared.db import transaction
-from shared.ledger import OutboxRelay
+from shared.ledger import OutboxRelay, claim_many, claimed_among
 from shared.observability import ServiceMetrics
 
 log = logging.getLogger("huitou.scoring")
@@ -247,7 +248,7 @@ class _Batch:
             # unique violation that fails the batch.
             ids = {e.event_id for e in ours} - self._checked
             if ids:
-                self._claimed |= await repository.claimed_among(session, ids)
+                self._claimed |= await claimed_among(session, processed_events, ids)
                 self._checked |= ids
         await self.books.load(session, ours, customers, self._files)
 
@@ -312,7 +313,7 @@ class _Batch:
     async def write(self, session: AsyncSession) -> None:
         """Everything the applied events changed, a multi-row statement per table. Claims first:
         one another replica took meanwhile fails the batch before the rest is sent."""
-        await repository.insert_claims(session, self._claims, datetime.now(UTC))
+        await claim_many(session, processed_events, self._claims, datetime.now(UTC))
         await self.books.write(session)
         await self.changes.write(session)
 
