@@ -32,7 +32,7 @@ from services.outreach.policy import ConsentBook, explicitly_refused, in_holdout
 from services.outreach.render import TemplateSpec, load_template_file
 from services.outreach.settings import OutreachSettings
 from services.outreach.tables import outbox, processed_events
-from shared.contracts import Channel, CustomerSnapshot, Purpose, TouchStatus
+from shared.contracts import CustomerSnapshot, Purpose, TouchStatus
 from shared.db import transaction
 from shared.kafka import Outgoing
 from shared.ledger import claim_event, claim_many, claimed_among, enqueue_many
@@ -494,9 +494,9 @@ class PlanningState:
         await self._load_consents({customer_id})
         book = self._consents[customer_id]
         changed = False
-        for one in [c.value for c in Channel] if channel == "all" else [channel]:
+        for one in repository.consent_channels(channel):
             stored = book.get((one, purpose))
-            if stored is None or occurred_at >= stored["occurred_at"]:
+            if repository.decision_stands(occurred_at, stored["occurred_at"] if stored else None):
                 book[one, purpose] = {
                     "customer_id": customer_id,
                     "channel": one,

@@ -181,6 +181,16 @@ def _rowcount(result: Any) -> int:
 # --- consents ---------------------------------------------------------------------------------
 
 
+def consent_channels(channel: str) -> list[str]:
+    """The channels a consent decision covers: "all" is every channel."""
+    return [c.value for c in Channel] if channel == "all" else [channel]
+
+
+def decision_stands(occurred_at: datetime, stored_at: datetime | None) -> bool:
+    """A consent decision replaces the stored one unless that one happened later (event time)."""
+    return stored_at is None or occurred_at >= stored_at
+
+
 async def record_consent(
     session: AsyncSession,
     customer_id: str,
@@ -193,9 +203,8 @@ async def record_consent(
 ) -> bool:
     """Keep the latest decision per (channel, purpose) by event time; "all" covers every channel.
     Returns True if anything changed."""
-    channels = [c.value for c in Channel] if channel == "all" else [channel]
     changed = False
-    for one in channels:
+    for one in consent_channels(channel):
         key = and_(consents.c.customer_id == customer_id, consents.c.channel == one, consents.c.purpose == purpose)
         stored = (await session.execute(select(consents.c.occurred_at).where(key))).first()
         values = {"granted": granted, "occurred_at": occurred_at, "source": source, "event_id": event_id}
@@ -204,7 +213,7 @@ async def record_consent(
                 insert(consents).values(customer_id=customer_id, channel=one, purpose=purpose, **values)
             )
             changed = True
-        elif occurred_at >= stored.occurred_at:
+        elif decision_stands(occurred_at, stored.occurred_at):
             await session.execute(update(consents).where(key).values(**values))
             changed = True
     return changed
