@@ -3,7 +3,6 @@ tags and contacts, model snapshots, the replay clock and task leases."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -61,7 +60,7 @@ from shared.contracts import (
     RefundPayload,
     ValueTier,
 )
-from shared.db import Money, UTCDateTime
+from shared.db import Money, UTCDateTime, json_text, json_value
 from shared.ledger import claim_event
 
 ZERO = Decimal(0)
@@ -197,7 +196,7 @@ def _read_back(row: dict[str, Any], columns: _ColumnKinds) -> None:
             row[name] = kind.process_result_value(kind.process_bind_param(value, _SQLITE), _SQLITE)
     documents = {name: row[name] for name in columns.json if name in row}
     if documents:
-        row.update(json.loads(json.dumps(documents)))  # one round trip for all of them
+        row.update(json_value(json_text(documents)))  # one round trip for all of them, as stored
     for name in columns.floats:
         if row.get(name) is not None:
             row[name] = float(row[name])
