@@ -267,6 +267,7 @@ class ConsumerLoop:
         transaction_records: int = 500,
         transaction_seconds: float = 0.2,
         backoff_cap_seconds: float = 15.0,
+        session_timeout_ms: int = 10_000,
     ) -> None:
         self.topics = list(topics)
         self.group_id = group_id
@@ -282,6 +283,7 @@ class ConsumerLoop:
         self._transaction_records = max(1, transaction_records)
         self._transaction_seconds = transaction_seconds
         self._backoff_cap = backoff_cap_seconds
+        self._session_timeout_ms = session_timeout_ms
         self._stop = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned = asyncio.Event()
@@ -325,7 +327,7 @@ class ConsumerLoop:
                 # Frequent heartbeats let a member learn of a finished rebalance sooner: a join
                 # takes ~3 s instead of ~5 s on the dev broker, and replicas take over faster.
                 heartbeat_interval_ms=500,
-                session_timeout_ms=10_000,
+                session_timeout_ms=self._session_timeout_ms,
             )
             try:
                 await consumer.start()

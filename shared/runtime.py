@@ -106,6 +106,9 @@ def start_pipeline(
         metrics=runtime.metrics,
         service=service,
         is_transient=is_transient,
+        transaction_records=runtime.settings.consumer_transaction_records,
+        transaction_seconds=runtime.settings.consumer_transaction_seconds,
+        session_timeout_ms=runtime.settings.kafka_session_timeout_ms,
     )
     runtime.spawn(relay.run(), "outbox-relay")
     runtime.spawn(consumer.run(), "consumer")

@@ -38,6 +38,20 @@ class ServiceSettings(BaseSettings):
         validation_alias=_shared("KAFKA_REQUEST_TIMEOUT_MS"),
         description="how long a produce may wait for acks=all before the caller gets 503",
     )
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=6000,
+        le=300_000,
+        validation_alias=_shared("KAFKA_SESSION_TIMEOUT_MS"),
+        description="how long a silent consumer keeps its partitions before the group hands them to another "
+        "replica: shorter takes over sooner after a crash, longer rides out longer pauses",
+    )
+    consumer_transaction_records: int = Field(
+        500, ge=1, le=5000, description="at most this many records of a partition per consumer transaction"
+    )
+    consumer_transaction_seconds: float = Field(
+        0.2, gt=0, le=10, description="a consumer transaction stops taking records after this long"
+    )
     var_dir: Path = Field(Path("var"), validation_alias=_shared("VAR_DIR"))
     internal_token: str = Field(
         DEV_INTERNAL_TOKEN,

@@ -28,6 +28,19 @@ def test_ports_and_urls_come_from_the_environment(monkeypatch):
     assert settings.effective_schema == "scoring"
 
 
+def test_consumer_tuning_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HUITOU_KAFKA_SESSION_TIMEOUT_MS", "30000")  # shared by every consumer
+    monkeypatch.setenv("HUITOU_OUTREACH_CONSUMER_TRANSACTION_RECORDS", "50")
+    monkeypatch.setenv("HUITOU_OUTREACH_CONSUMER_TRANSACTION_SECONDS", "0.05")
+    outreach, scoring = OutreachSettings(), ScoringSettings()
+    assert outreach.kafka_session_timeout_ms == scoring.kafka_session_timeout_ms == 30000
+    assert (outreach.consumer_transaction_records, outreach.consumer_transaction_seconds) == (50, 0.05)
+    assert (scoring.consumer_transaction_records, scoring.consumer_transaction_seconds) == (500, 0.2)
+    monkeypatch.setenv("HUITOU_KAFKA_SESSION_TIMEOUT_MS", "1000")  # below what brokers accept
+    with pytest.raises(ValueError, match="HUITOU_KAFKA_SESSION_TIMEOUT_MS"):
+        ScoringSettings()
+
+
 def test_production_refuses_to_start_on_dev_secrets(monkeypatch):
     monkeypatch.setenv("HUITOU_ENV", "production")
     with pytest.raises(InsecureSettings) as refused:
