@@ -130,6 +130,19 @@ def install_common(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.exception_handler(DBAPIError)
+    async def database_failed(request: Request, error: DBAPIError) -> JSONResponse:
+        if not is_transient(error):
+            raise error  # a bug, not the caller's doing nor the weather's: a 500, logged
+        # Down, restarting, or a deadlock the server broke: the transaction was rolled back and
+        # the same request succeeds later. Say so, rather than a 500 the caller cannot act on.
+        log.warning("database unavailable for %s: %s", request.url.path, error.__class__.__name__)
+        return JSONResponse(
+            {"error": "the database is unavailable or busy; nothing was changed, retry shortly", "retryable": True},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
         problems = []
