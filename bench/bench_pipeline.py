@@ -210,6 +210,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
+CPU_ORDER = ("ingest", "scoring", "outreach", "broker", "gateway", "smtp sink", "load driver")
+
+
+def stack_cpu(stack: RunningStack) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process the dev launcher started, and of this
+    process (the load driver and the observer), read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {"services.ingest": "ingest", "services.scoring": "scoring", "services.outreach": "outreach",
+             "services.gateway": "gateway", "shared.smtp_sink": "smtp sink", "tansu": "broker"}  # fmt: skip
+    cpu: dict[str, float] = {"load driver": time.process_time()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) != stack.process.pid:  # ppid
+            continue
+        for needle, name in names.items():
+            if needle in argv:
+                cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
 @dataclass
 class FlatOut:
     events: int
@@ -217,6 +244,7 @@ class FlatOut:
     touches: int
     touch_rate: float
     updates_missing: int
+    cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per event, by process
 
 
 @dataclass
@@ -232,12 +260,15 @@ class Paced:
 async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, count: int, timeout: float) -> FlatOut:
     events = traffic.take(count)
     observer.reset()
+    before = stack_cpu(stack)
     sent = await drive(stack.url("ingest"), WRITE_KEY, events, rate=None)
     end = await drained(observer, sent, timeout)
+    after = stack_cpu(stack)
     seen = observer.seen
     missing = sum(1 for t in sent.at if t not in seen.updates)
     window = end - sent.first
-    return FlatOut(sent.accepted, sent.accepted / window, seen.touch_count, seen.touch_count / window, missing)
+    cpu_us = {name: (after[name] - before.get(name, 0.0)) / sent.accepted * 1e6 for name in after}
+    return FlatOut(sent.accepted, sent.accepted / window, seen.touch_count, seen.touch_count / window, missing, cpu_us)
 
 
 async def paced(
@@ -296,7 +327,8 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
             results["raw"].append(raw)
             print(
                 f"  run {run + 1}: flat out {flat.throughput:.0f} events/s ({flat.events} events, "
-                f"{flat.touches} touches, {flat.updates_missing} updates missing); raw {raw:.0f} msgs/s",
+                f"{flat.touches} touches, {flat.updates_missing} updates missing); raw {raw:.0f} msgs/s; "
+                "CPU µs/event " + ", ".join(f"{k} {v:.0f}" for k, v in flat.cpu_us.items()),
                 flush=True,
             )
             pace = await paced(stack, observer, traffic, args.rate, args.seconds, args.drain_timeout)
@@ -434,6 +466,28 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
             + ", ".join(f"{p.offered:,.0f}/s" for p in result["paced"])
             + "."
         )
+    cpu_lines = []
+    for database, result in measured.items():
+        flats = [f for f in result.get("flat", []) if f.cpu_us]
+        if not flats:
+            continue
+        names = [n for n in CPU_ORDER if any(n in f.cpu_us for f in flats)]
+        medians = {n: statistics.median(f.cpu_us.get(n, 0.0) for f in flats) for n in names}
+        cpu_lines.append(
+            f"| {database} | "
+            + " | ".join(f"{medians[n]:,.0f}" for n in names)
+            + f" | {sum(medians.values()):,.0f} | {2e6 / sum(medians.values()):,.0f} |"
+        )
+    if cpu_lines:
+        lines += [
+            "",
+            "CPU time per intake event during the flat-out runs, by process (µs, user + system from /proc, "
+            "medians of runs), and the rate two fully busy cores could sustain at that cost:",
+            "",
+            "| database | " + " | ".join(CPU_ORDER) + " | all | 2 cores ÷ all, events/s |",
+            "|---|" + "---:|" * (len(CPU_ORDER) + 2),
+            *cpu_lines,
+        ]
     backfills = {d: r["backfill"] for d, r in measured.items() if "backfill" in r}
     if backfills:
         lines += [
