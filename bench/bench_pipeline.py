@@ -331,15 +331,19 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
                 "CPU µs/event " + ", ".join(f"{k} {v:.0f}" for k, v in flat.cpu_us.items()),
                 flush=True,
             )
-            pace = await paced(stack, observer, traffic, args.rate, args.seconds, args.drain_timeout)
-            results["paced"].append(pace)
-            print(
-                f"  run {run + 1}: at {args.rate:.0f}/s (offered {pace.offered:.0f}/s): update p50/p99 "
-                f"{percentile(pace.update_latencies, 50):.2f}/{percentile(pace.update_latencies, 99):.2f} s, "
-                f"touch p50/p99 {percentile(pace.touch_latencies, 50):.2f}/"
-                f"{percentile(pace.touch_latencies, 99):.2f} s, {pace.updates_missing} not drained",
-                flush=True,
-            )
+            for rate in (args.rate, *args.also_rate):
+                pace = await paced(stack, observer, traffic, rate, args.seconds, args.drain_timeout)
+                if rate == args.rate:
+                    results["paced"].append(pace)
+                else:
+                    results.setdefault("paced_also", {}).setdefault(rate, []).append(pace)
+                print(
+                    f"  run {run + 1}: at {rate:.0f}/s (offered {pace.offered:.0f}/s): update p50/p99 "
+                    f"{percentile(pace.update_latencies, 50):.2f}/{percentile(pace.update_latencies, 99):.2f} s, "
+                    f"touch p50/p99 {percentile(pace.touch_latencies, 50):.2f}/"
+                    f"{percentile(pace.touch_latencies, 99):.2f} s, {pace.updates_missing} not drained",
+                    flush=True,
+                )
     finally:
         await observer.stop()
     return results
@@ -466,6 +470,17 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
             + ", ".join(f"{p.offered:,.0f}/s" for p in result["paced"])
             + "."
         )
+    for database, result in measured.items():
+        for rate, paces in result.get("paced_also", {}).items():
+            updates = [statistics.median([percentile(p.update_latencies, q) for p in paces]) for q in (50, 99)]
+            touches = [statistics.median([percentile(p.touch_latencies, q) for p in paces]) for q in (50, 99)]
+            lines.append(
+                f"Also at {rate:,.0f} events/s, {database} (offered "
+                + ", ".join(f"{p.offered:,.0f}/s" for p in paces)
+                + f"): update p50 / p99 {updates[0]:.2f} / {updates[1]:.2f} s, touch scheduled p50 / p99 "
+                f"{touches[0]:.2f} / {touches[1]:.2f} s, "
+                f"{statistics.median(p.updates_missing for p in paces):,.0f} of {paces[0].events:,} not drained."
+            )
     cpu_lines = []
     for database, result in measured.items():
         flats = [f for f in result.get("flat", []) if f.cpu_us]
@@ -561,6 +576,13 @@ async def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="sqlite")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=2000, help="target intake rate for the latency runs")
+    parser.add_argument(
+        "--also-rate",
+        type=float,
+        action="append",
+        default=[],
+        help="latency runs at this rate too (repeatable): the path's latency where the stack keeps up",
+    )
     parser.add_argument("--seconds", type=float, default=10, help="how long each paced run sends")
     parser.add_argument("--flat-out-events", type=int, default=4000)
     parser.add_argument("--population", type=int, default=5000)
