@@ -11,12 +11,15 @@ write and one reply long.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
+import functools
 import json
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.header import Header
 from email.message import EmailMessage
 from typing import Protocol
 
@@ -96,19 +99,69 @@ def message_id(touch_id: str, domain: str) -> str:
 
 
 def build_email(message: OutboundMessage, config: SmtpConfig) -> EmailMessage:
+    """The email as the ``email`` package models it (what :func:`email_bytes` writes by hand)."""
     mail = EmailMessage()
-    mail["From"] = config.mail_from
-    mail["To"] = message.address
-    mail["Subject"] = message.subject or message.plan
-    mail["Message-ID"] = message_id(message.touch_id, config.message_id_domain)
-    mail["Date"] = email.utils.formatdate(localtime=False)
-    mail["X-Huitou-Touch-Id"] = message.touch_id
-    mail["X-Huitou-Plan"] = message.plan
-    if message.unsubscribe_url:
-        mail["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
-        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058 one-click
+    for name, value in _headers(message, config):
+        mail[name] = value
     mail.set_content(message.body)
     return mail
+
+
+def email_bytes(message: OutboundMessage, config: SmtpConfig) -> bytes:
+    """The email as sent (``\n`` line ends): headers with non-ASCII text as RFC 2047 encoded
+    words, folded; a UTF-8 text/plain body, 8bit, or base64 when a line is too long for SMTP.
+
+    Written by hand because the ``email`` package's header parsing cost ~1.4 ms a message, a
+    fifth of a send's CPU; an address that is not plain ASCII, or a header value with a line
+    break, takes that package's path."""
+    headers = _headers(message, config)
+    if not (message.address.isascii() and _mailbox(config.mail_from).isascii()) or any(
+        "\n" in value or "\r" in value for _, value in headers
+    ):
+        return build_email(message, config).as_bytes()  # which refuses a line break in a header
+    body = message.body.replace("\r\n", "\n").replace("\r", "\n")
+    raw = (body if body.endswith("\n") else body + "\n").encode()
+    encoding = "8bit"
+    if any(len(line) > 998 for line in raw.split(b"\n")):  # RFC 5321's limit for a line
+        encoding, raw = "base64", base64.encodebytes(raw)
+    headers += [
+        ("Content-Type", 'text/plain; charset="utf-8"'),
+        ("Content-Transfer-Encoding", encoding),
+        ("MIME-Version", "1.0"),
+    ]
+    head = "".join(f"{name}: {_header_value(name, value)}\n" for name, value in headers)
+    return head.encode("ascii") + b"\n" + raw
+
+
+def _headers(message: OutboundMessage, config: SmtpConfig) -> list[tuple[str, str]]:
+    headers = [
+        ("From", _mailbox(config.mail_from)),
+        ("To", message.address),
+        # A rendered subject is one line: a line break could otherwise start a header of its own.
+        ("Subject", " ".join((message.subject or message.plan).splitlines())),
+        ("Message-ID", message_id(message.touch_id, config.message_id_domain)),
+        ("Date", email.utils.formatdate(localtime=False)),
+        ("X-Huitou-Touch-Id", message.touch_id),
+        ("X-Huitou-Plan", message.plan),
+    ]
+    if message.unsubscribe_url:
+        headers.append(("List-Unsubscribe", f"<{message.unsubscribe_url}>"))
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))  # RFC 8058 one-click
+    return headers
+
+
+@functools.lru_cache(maxsize=16)
+def _mailbox(address: str) -> str:
+    """``Name <addr>`` with a non-ASCII display name as an encoded word (the sender is fixed)."""
+    name, addr = email.utils.parseaddr(address)
+    return email.utils.formataddr((name, addr or address), charset="utf-8")
+
+
+def _header_value(name: str, value: str) -> str:
+    if value.isascii() and len(name) + len(value) + 2 <= 78:
+        return value
+    # Encoded words where needed, folded to 78 columns.
+    return Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode(linesep="\n")
 
 
 class _SmtpPrepared:
@@ -181,7 +234,7 @@ class SmtpAdapter:
         return client
 
     async def prepare(self, message: OutboundMessage) -> Prepared:
-        payload = build_email(message, self.config).as_bytes()
+        payload = email_bytes(message, self.config)
         payload = _LEADING_PERIOD.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", payload))
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
