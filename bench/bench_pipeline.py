@@ -237,6 +237,20 @@ def stack_cpu(stack: RunningStack) -> dict[str, float]:
     return cpu
 
 
+def dispatch_state(stack: RunningStack) -> tuple[float, float]:
+    """(dispatcher outcomes so far, scheduled touches already due): outreach's own delivery work,
+    which shares the cores with the pipeline while it works through a backlog."""
+    text = httpx.get(stack.url("outreach") + "/metrics", timeout=10).text
+    outcomes = due = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "huitou_outreach_dispatch_outcomes_total":
+                outcomes += sample.value
+            elif sample.name == "huitou_outreach_touches_due":
+                due = sample.value
+    return outcomes, due
+
+
 @dataclass
 class FlatOut:
     events: int
@@ -245,6 +259,8 @@ class FlatOut:
     touch_rate: float
     updates_missing: int
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per event, by process
+    dispatched: float = 0.0  # dispatcher outcomes (sends, deferrals, suppressions) in the window
+    due_after: float = 0.0  # scheduled touches already due when the window closed
 
 
 @dataclass
@@ -260,15 +276,24 @@ class Paced:
 async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, count: int, timeout: float) -> FlatOut:
     events = traffic.take(count)
     observer.reset()
-    before = stack_cpu(stack)
+    before, (outcomes_before, _) = stack_cpu(stack), dispatch_state(stack)
     sent = await drive(stack.url("ingest"), WRITE_KEY, events, rate=None)
     end = await drained(observer, sent, timeout)
-    after = stack_cpu(stack)
+    after, (outcomes_after, due_after) = stack_cpu(stack), dispatch_state(stack)
     seen = observer.seen
     missing = sum(1 for t in sent.at if t not in seen.updates)
     window = end - sent.first
     cpu_us = {name: (after[name] - before.get(name, 0.0)) / sent.accepted * 1e6 for name in after}
-    return FlatOut(sent.accepted, sent.accepted / window, seen.touch_count, seen.touch_count / window, missing, cpu_us)
+    return FlatOut(
+        sent.accepted,
+        sent.accepted / window,
+        seen.touch_count,
+        seen.touch_count / window,
+        missing,
+        cpu_us,
+        outcomes_after - outcomes_before,
+        due_after,
+    )
 
 
 async def paced(
@@ -328,7 +353,9 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
             print(
                 f"  run {run + 1}: flat out {flat.throughput:.0f} events/s ({flat.events} events, "
                 f"{flat.touches} touches, {flat.updates_missing} updates missing); raw {raw:.0f} msgs/s; "
-                "CPU µs/event " + ", ".join(f"{k} {v:.0f}" for k, v in flat.cpu_us.items()),
+                "CPU µs/event "
+                + ", ".join(f"{k} {v:.0f}" for k, v in flat.cpu_us.items())
+                + f"; dispatcher outcomes {flat.dispatched:.0f}, due touches after {flat.due_after:.0f}",
                 flush=True,
             )
             for rate in (args.rate, *args.also_rate):
@@ -463,7 +490,12 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
         flats = result["flat"]
         lines.append(
             f"Per run, {database} — flat out: "
-            + ", ".join(f"{f.throughput:.0f} events/s ({f.events:,} events, {f.touches:,} touches)" for f in flats)
+            + ", ".join(
+                f"{f.throughput:.0f} events/s ({f.events:,} events, {f.touches:,} touches; CPU µs/event scoring "
+                f"{f.cpu_us.get('scoring', 0):,.0f}, outreach {f.cpu_us.get('outreach', 0):,.0f}; "
+                f"{f.dispatched:,.0f} dispatcher outcomes, {f.due_after:,.0f} due touches after)"
+                for f in flats
+            )
             + "; raw: "
             + ", ".join(f"{r:,.0f}" for r in result["raw"])
             + f"; offered at {args.rate:,.0f}/s: "
