@@ -138,7 +138,7 @@ def install_common(
         # the same request succeeds later. Say so, rather than a 500 the caller cannot act on.
         log.warning("database unavailable for %s: %s", request.url.path, error.__class__.__name__)
         return JSONResponse(
-            {"error": "the database is unavailable or busy; nothing was changed, retry shortly", "retryable": True},
+            {"error": "the database is unavailable or busy; retry shortly", "retryable": True},
             status_code=503,
             headers={"Retry-After": "1"},
         )
