@@ -8,7 +8,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from shared.tracing import log_context
 
@@ -20,6 +28,11 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The client's standard process_* (CPU, memory, open files) and python_gc_* series, as the
+        # default registry would have them: what a capacity question starts from.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.http_requests = Counter(
             "huitou_http_requests_total",
             "HTTP requests served",

@@ -4,8 +4,10 @@ and a uvicorn entry point."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -167,6 +169,34 @@ def require_internal_token(request: Request, token: str | None = Header(None, al
         raise HTTPException(401, {"error": f"internal API: send the service token in {INTERNAL_TOKEN_HEADER}"})
 
 
+def settle_heap(settings: ServiceSettings) -> None:
+    """Tune the cyclic garbage collector for a long-lived service process.
+
+    Every event allocates thousands of objects (parsed events, rows, files); with Python's
+    defaults the collector passes every 700 net allocations, and its older-generation passes walk
+    the hundreds of thousands of objects that imports and start-up leave behind and that never
+    die. Timed in-process, those passes cost scoring about a tenth of its CPU per event and
+    outreach a sixth (docs/operations.md). Freezing what exists after start-up takes those objects
+    out of every pass; a higher young threshold makes passes rare. Almost everything is freed by
+    reference counting anyway: only cycles wait for a pass."""
+    gc.collect()  # what start-up left as garbage is freed, not frozen
+    if settings.gc_freeze:
+        gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(settings.gc_young_threshold, middle, old)
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, settings: ServiceSettings) -> None:
+        super().__init__(config)
+        self._settings = settings
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # After the lifespan built the clients, ran migrations and imported what they needed.
+        settle_heap(self._settings)
+
+
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run one service process (``python -m services.<name>``)."""
     configure_logging(settings.service_name, settings.log_level)
@@ -179,4 +209,4 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    _Server(config, settings).run()

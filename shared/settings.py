@@ -59,6 +59,18 @@ class ServiceSettings(BaseSettings):
         description="shared secret on the services' internal APIs (the gateway sends it)",
     )
     log_level: str = Field("INFO", validation_alias=_shared("LOG_LEVEL"))
+    gc_freeze: bool = Field(
+        True,
+        validation_alias=_shared("GC_FREEZE"),
+        description="after start-up, exempt what start-up built (modules, clients) from garbage collection",
+    )
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=700,
+        le=1_000_000,
+        validation_alias=_shared("GC_YOUNG_THRESHOLD"),
+        description="allocations between collections of the youngest generation (Python's default is 700)",
+    )
 
     host: str = "127.0.0.1"
     port: int = 8000
