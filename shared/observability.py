@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,10 +20,37 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.tracing import log_context
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+
+
+_gc_pause_seconds = [0.0, 0.0, 0.0]
+"""Seconds this process spent in garbage-collector passes, by generation (``gc.callbacks``)."""
+_gc_pass_started = [0.0]
+
+
+def _time_gc_pass(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_pass_started[0] = time.perf_counter()
+    else:
+        _gc_pause_seconds[info["generation"]] += time.perf_counter() - _gc_pass_started[0]
+
+
+class _GcPauses(Collector):
+    """The time spent in garbage-collector passes, so the cost of collection (see
+    ``shared.service.settle_heap``) is a number on /metrics rather than a guess."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "huitou_gc_pause_seconds", "time spent in garbage-collector passes", labels=["generation"]
+        )
+        for generation, seconds in enumerate(_gc_pause_seconds):
+            family.add_metric([str(generation)], seconds)
+        yield family
 
 
 class ServiceMetrics:
@@ -33,6 +63,16 @@ class ServiceMetrics:
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        self.heap_blocks = Gauge(
+            "huitou_python_allocated_blocks",
+            "memory blocks Python's allocator holds (sys.getallocatedblocks): RSS growing while this "
+            "stays flat is native memory (SQLite's page cache, the allocator's arenas), not Python objects",
+            registry=self.registry,
+        )
+        self.heap_blocks.set_function(sys.getallocatedblocks)
+        if _time_gc_pass not in gc.callbacks:  # once per process, however many registries read it
+            gc.callbacks.append(_time_gc_pass)
+        self.registry.register(_GcPauses())
         self.http_requests = Counter(
             "huitou_http_requests_total",
             "HTTP requests served",

@@ -1,4 +1,5 @@
-"""A service process tunes the garbage collector once start-up is over (shared.service.settle_heap)."""
+"""A service process tunes the garbage collector once start-up is over (shared.service.settle_heap),
+and its /metrics show what collection costs."""
 
 import asyncio
 import gc
@@ -8,8 +9,11 @@ from contextlib import asynccontextmanager
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.scoring.settings import ScoringSettings
+from shared.observability import ServiceMetrics
 from shared.service import _Server, settle_heap
 
 
@@ -67,3 +71,24 @@ async def test_the_server_settles_the_heap_after_its_lifespan_started(monkeypatc
     assert gc.get_threshold()[0] == 30000 and gc.get_freeze_count() > 0
     server.should_exit = True
     await asyncio.wait_for(serving, 10)
+
+
+def test_metrics_show_what_collection_costs():
+    metrics = ServiceMetrics()
+    before = _samples(metrics)
+    garbage = [[n] for n in range(50_000)]
+    del garbage
+    gc.collect()  # a full pass, timed
+    after = _samples(metrics)
+    assert after["huitou_gc_pause_seconds_total", "2"] > before["huitou_gc_pause_seconds_total", "2"]
+    assert after["python_gc_collections_total", "2"] > before["python_gc_collections_total", "2"]
+    assert after["huitou_python_allocated_blocks", ""] > 0
+    assert after["process_resident_memory_bytes", ""] > 0
+
+
+def _samples(metrics: ServiceMetrics) -> dict[tuple[str, str], float]:
+    return {
+        (sample.name, sample.labels.get("generation", "")): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+    }
