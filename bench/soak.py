@@ -8,7 +8,10 @@ The dev stack starts as in bench_pipeline.py (``python -m shared.devstack``, SQL
 throwaway PostgreSQL database). bench/loadgen.py's population is sent to ingest's ``/v1/events``
 at ``--rate`` events/s, open loop, for ``--minutes``. Every ``--sample-seconds`` the soak records,
 per process, the resident set size (``VmRSS`` from /proc) and, from the services' /metrics, the
-summed consumer lag of scoring and outreach, their outbox backlogs and the events each consumed.
+summed consumer lag of scoring and outreach, their outbox backlogs, the events each consumed, and
+how many memory blocks Python's allocator holds in each (``huitou_python_allocated_blocks``): RSS
+that grows while those stay flat is native memory — SQLite's page cache, the allocator's arenas —
+not Python objects piling up.
 
 Flat means: after a one-minute warm-up, the least-squares slope of each service's RSS is small
 (reported in MiB per minute and as the projected growth over a day), and lag does not grow —
@@ -57,6 +60,7 @@ class Sample:
     backlog: float
     consumed: dict[str, float]
     accepted: int
+    heap_kblocks: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,7 +115,7 @@ def rss_mib(pid: int) -> float:
 async def metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]:
     """The sums this soak watches, from one service's /metrics."""
     text = (await client.get(url + "/metrics")).text
-    sums = {"lag": 0.0, "backlog": 0.0, "consumed": 0.0}
+    sums = {"lag": 0.0, "backlog": 0.0, "consumed": 0.0, "heap_blocks": float("nan")}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "huitou_consumer_lag":
@@ -120,6 +124,8 @@ async def metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]:
                 sums["backlog"] += sample.value
             elif sample.name == "huitou_events_consumed_total" and sample.labels.get("outcome") == "processed":
                 sums["consumed"] += sample.value
+            elif sample.name == "huitou_python_allocated_blocks":
+                sums["heap_blocks"] = sample.value
     return sums
 
 
@@ -137,6 +143,7 @@ async def sample_forever(stack: RunningStack, soak: Soak, every: float, stop: as
                     backlog=sum(m["backlog"] for m in seen.values()),
                     consumed={s: m["consumed"] for s, m in seen.items()},
                     accepted=soak.accepted,
+                    heap_kblocks={s: m["heap_blocks"] / 1000 for s, m in seen.items()},
                 )
             )
             if stop.is_set():
@@ -189,16 +196,28 @@ def plot(soak: Soak, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     minutes = [s.at / 60 for s in soak.samples]
-    figure, (memory, lag) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    figure, (memory, heap, lag) = plt.subplots(3, 1, figsize=(9, 8.5), sharex=True)
     for name in sorted(soak.samples[0].rss_mib):
-        memory.plot(minutes, [s.rss_mib.get(name, float("nan")) for s in soak.samples], label=name)
-    memory.set_ylabel("RSS (MiB)")
+        if name != "broker":  # on its own scale, below: it would flatten the services' lines
+            memory.plot(minutes, [s.rss_mib.get(name, float("nan")) for s in soak.samples], label=name)
+    memory.set_ylabel("services' RSS (MiB)")
+    if "broker" in soak.samples[0].rss_mib:
+        broker = memory.twinx()
+        rss = [s.rss_mib.get("broker", float("nan")) for s in soak.samples]
+        broker.plot(minutes, rss, color="grey", linestyle=":", label="broker (in-memory log), right scale")
+        broker.set_ylabel("broker RSS (MiB)")
+        broker.legend(loc="lower right", fontsize="small")
     memory.set_title(f"Huitou soak on {soak.database}: {soak.rate:.0f} events/s for {soak.seconds / 60:g} min")
     memory.legend(loc="upper left", ncol=3, fontsize="small")
     memory.grid(alpha=0.3)
+    for name in CONSUMERS:
+        heap.plot(minutes, [s.heap_kblocks.get(name, float("nan")) for s in soak.samples], label=name)
+    heap.set_ylabel("Python heap (k blocks)")
+    heap.legend(loc="upper left", fontsize="small")
+    heap.grid(alpha=0.3)
     lag.plot(minutes, [s.lag for s in soak.samples], label="consumer lag (scoring + outreach)")
     lag.plot(minutes, [s.backlog for s in soak.samples], label="outbox backlog")
-    for axis in (memory, lag):
+    for axis in (memory, heap, lag):
         axis.axvline(soak.seconds / 60, color="grey", linestyle="--", linewidth=0.8)  # the load stops here
     lag.set_ylabel("messages")
     lag.set_xlabel("minutes since the load started")
@@ -213,17 +232,20 @@ def write_csv(soak: Soak, path: Path) -> None:
     names = sorted(soak.samples[0].rss_mib)
     with path.open("w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["seconds", *(f"rss_mib_{n}" for n in names), "lag", "outbox_backlog", "accepted"])
+        writer.writerow(["seconds", *(f"rss_mib_{n}" for n in names), "lag", "outbox_backlog", "accepted",
+                         *(f"heap_kblocks_{n}" for n in CONSUMERS)])  # fmt: skip
         for s in soak.samples:
             writer.writerow([f"{s.at:.1f}", *(f"{s.rss_mib.get(n, float('nan')):.1f}" for n in names),
-                             int(s.lag), int(s.backlog), s.accepted])  # fmt: skip
+                             int(s.lag), int(s.backlog), s.accepted,
+                             *(f"{s.heap_kblocks.get(n, float('nan')):.1f}" for n in CONSUMERS)])  # fmt: skip
 
 
 def report(soaks: list[Soak], args: argparse.Namespace) -> str:
     lines = [
         "## Soak",
         "",
-        f"`python bench/soak.py --minutes {args.minutes:g} --rate {args.rate:g}` on {os.cpu_count()} cores "
+        f"`python bench/soak.py --database {args.database} --minutes {args.minutes:g} --rate {args.rate:g} "
+        f"--population {args.population}` on {os.cpu_count()} cores "
         "(shared machine). The whole dev stack at a steady open-loop rate from bench/loadgen.py; RSS from "
         f"/proc, lag and outbox backlog from /metrics every {args.sample_seconds:g} s. Slopes are least-squares "
         f"fits after a {WARM_UP_SECONDS:.0f} s warm-up. Plots: "
@@ -231,9 +253,9 @@ def report(soaks: list[Soak], args: argparse.Namespace) -> str:
         + ". The dev broker (Tansu, `memory://` storage) keeps every message in memory, so its RSS grows "
         "with the data by design; the services' RSS and the lag are what must stay flat.",
         "",
-        "| database | events accepted (failed) | RSS after warm-up → end, MiB (slope MiB/min) | max lag | "
-        "lag slope /min | drained after stop |",
-        "|---|---|---|---|---|---|",
+        "| database | events accepted (failed) | RSS after warm-up → end, MiB (slope MiB/min) "
+        "| Python heap after warm-up → end, k blocks (slope /min) | max lag | lag slope /min | drained after stop |",
+        "|---|---|---|---|---|---|---|",
     ]
     for soak in soaks:
         warm = next((s for s in soak.samples if s.at >= WARM_UP_SECONDS), soak.samples[0])
@@ -243,12 +265,17 @@ def report(soaks: list[Soak], args: argparse.Namespace) -> str:
             f"({slope_per_minute(soak.samples, [s.rss_mib[name] for s in soak.samples]):+.2f})"
             for name in sorted(warm.rss_mib)
         )
+        heap = "; ".join(
+            f"{name} {warm.heap_kblocks[name]:.0f}→{last.heap_kblocks[name]:.0f} "
+            f"({slope_per_minute(soak.samples, [s.heap_kblocks[name] for s in soak.samples]):+.1f})"
+            for name in CONSUMERS
+        )
         during = [s for s in soak.samples if s.at <= soak.seconds]
         lag_slope = slope_per_minute(during, [s.lag for s in during])
         drained = f"{soak.drained_seconds:.0f} s" if soak.drained_seconds is not None else "not within the timeout"
         max_lag = max(s.lag for s in soak.samples)
         lines.append(
-            f"| {soak.database} | {soak.accepted:,} ({soak.failed:,}) | {rss} | {max_lag:,.0f} "
+            f"| {soak.database} | {soak.accepted:,} ({soak.failed:,}) | {rss} | {heap} | {max_lag:,.0f} "
             f"| {lag_slope:+.1f} | {drained} |"
         )
     return "\n".join(lines) + "\n"
