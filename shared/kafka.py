@@ -288,6 +288,8 @@ class ConsumerLoop:
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned = asyncio.Event()
         self._lag_reported: set[TopicPartition] = set()
+        self.backlog = 0
+        """Events behind the high-water marks of this member's partitions, as last measured."""
 
     def stop(self) -> None:
         self._stop.set()
@@ -349,6 +351,7 @@ class ConsumerLoop:
             with contextlib.suppress(KeyError):
                 self._metrics.consumer_lag.remove(self._service, tp.topic, str(tp.partition))
         self._lag_reported = set(assignment)
+        backlog = 0
         for tp in assignment:
             highwater = consumer.highwater(tp)
             if highwater is None:
@@ -358,7 +361,9 @@ class ConsumerLoop:
             except (KafkaError, IllegalStateError, TimeoutError):
                 continue  # revoked in a rebalance since assignment() was read
             lag = max(highwater - position, 0)
+            backlog += lag
             self._metrics.consumer_lag.labels(self._service, tp.topic, str(tp.partition)).set(lag)
+        self.backlog = backlog
 
     async def _process_partition_batch(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]

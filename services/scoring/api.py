@@ -55,7 +55,9 @@ def create_app(settings: ScoringSettings | None = None) -> FastAPI:
             make_handler=make_handler,
         )
         relay = relays[0]
-        maintenance = Maintenance(runtime.sessions, relay, model_store, settings, clock)
+        maintenance = Maintenance(
+            runtime.sessions, relay, model_store, settings, clock, backlog=lambda: consumer.backlog
+        )
         runtime.spawn(maintenance.run(runtime.stop), "scoring-maintenance")
         app.state.runtime = runtime
         app.state.scoring = ScoringContext(

@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import repository
 from services.scoring.clock import Clock
-from services.scoring.engine import Announcement, ModelStore, commit, rescored
+from services.scoring.engine import Announcement, FileChanges, ModelStore, rescored
 from services.scoring.population import NotEnoughData, PopulationModel, fit_population
 from services.scoring.purchases import day_date, day_start, local_day
 from services.scoring.settings import ScoringSettings
@@ -54,8 +55,11 @@ class Maintenance:
         clock: Clock,
         *,
         holder: str | None = None,
+        backlog: Callable[[], int] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._backlog = backlog or (lambda: 0)
+        """How many events this replica's consumer is behind."""
         self._relay = relay
         self._models = models
         self._settings = settings
@@ -116,13 +120,23 @@ class Maintenance:
             population = await repository.purchasing_population(session)
         if population < self._settings.min_customers_for_fit:
             return None
+        scheduled = model is not None and datetime.now(UTC) - model.fitted_at >= self._settings.refit_interval
         if model is None:
-            return "start" if self._settings.refit_on_start else None
-        if population >= model.population_size * (1 + self._settings.refit_growth):
-            return "growth"
-        if datetime.now(UTC) - model.fitted_at >= self._settings.refit_interval:
-            return "schedule"
-        return None
+            if not self._settings.refit_on_start:
+                return None
+            trigger = "start"
+        elif population >= model.population_size * (1 + self._settings.refit_growth):
+            trigger = "growth"
+        else:
+            return "schedule" if scheduled else None
+        behind = self._backlog()
+        if self._settings.refit_defer_backlog and behind > self._settings.refit_defer_backlog:
+            # A backfill or a burst is streaming in: the population is still growing, and the next
+            # growth refit would supersede this one and re-score every file again. Fit once caught
+            # up; a refit on schedule still runs, so a consumer that never catches up is not stuck.
+            log.info("%s refit waits: the consumer is %d events behind", trigger, behind)
+            return "schedule" if scheduled else None
+        return trigger
 
     # --- re-scoring after a refit -------------------------------------------------------------------
 
@@ -158,6 +172,10 @@ class Maintenance:
         files = await repository.load_files(session, ids, for_update=True)
         lines = await repository.order_lines_for(session, [f.customer_id for f in files if f.totals.order_count])
         changed = 0
+        # The batch's files, history and announcements are written together at its end, as the
+        # event consumer does: a statement or three per batch instead of per file, which is most
+        # of a refit's re-scoring time on every file (each file is in the batch once).
+        changes = FileChanges()
         for file in files:
             # Replay: the file's own as-of (its latest event or sweep), so the result is deterministic;
             # live: now, like every other live score.
@@ -178,8 +196,9 @@ class Maintenance:
                 )
             after, found = rescored(file, lines.get(file.customer_id, []), model, as_of, self._rules)
             announcement = Announcement(cause, historical=self._clock.mode == "replay") if found else None
-            await commit(session, file, after, found, announcement)
+            changes.record(file, after, found, announcement, datetime.now(UTC))
             changed += bool(found)
+        await changes.write(session)
         return changed
 
     # --- the lapse sweep ----------------------------------------------------------------------------

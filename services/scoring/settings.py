@@ -58,6 +58,13 @@ class ScoringSettings(ServiceSettings):
         0.10, gt=0, description="refit early once the purchasing population grew by this fraction since the last fit"
     )
     refit_on_start: bool = Field(True, description="fit at start-up when no model snapshot exists yet")
+    refit_defer_backlog: int = Field(
+        5000,
+        ge=0,
+        description="the start and growth refits wait while this replica's consumer is more than this many events "
+        "behind (a backfill streaming in): each refit re-scores every file, and one fit once the backlog drained "
+        "replaces several that the next would supersede; 0: never wait. Scheduled and requested refits never wait",
+    )
     maintenance_tick: timedelta = Field(
         timedelta(seconds=30), description="how often the background task checks for due refits and model updates"
     )

@@ -24,6 +24,7 @@ from services.scoring import repository
 from services.scoring.clock import Clock
 from services.scoring.customer_file import CustomerFile
 from services.scoring.maintenance import Maintenance
+from services.scoring.settings import ScoringSettings
 from services.scoring.tables import clock as clock_table
 from services.scoring.tables import outbox, score_history
 from shared.contracts import PurchaseEvent, PurchasePayload
@@ -225,3 +226,38 @@ async def test_refits_are_triggered_at_start_by_growth_and_on_schedule(live: Sta
     same_replica = live.maintenance.holder
     await Maintenance(live.sessions, live.relay, live.models, impatient, live.clock, holder=same_replica).run_once()
     assert (await live.models.current()).trigger == "schedule"
+
+
+async def test_start_and_growth_refits_wait_out_a_backlog_but_a_scheduled_one_does_not(
+    live: Stack, now: FakeNow
+) -> None:
+    now.at = datetime(2026, 1, 1, tzinfo=UTC)
+    behind = 10_000  # more than refit_defer_backlog: a backfill is streaming in
+    holder = live.maintenance.holder
+
+    def maintenance(settings: ScoringSettings = live.settings) -> Maintenance:
+        return Maintenance(
+            live.sessions, live.relay, live.models, settings, live.clock, holder=holder, backlog=lambda: behind
+        )
+
+    await live.feed(scenario(24, seed=1))
+    await maintenance().run_once()
+    assert await live.models.current() is None  # the start fit waits for the backlog
+    behind = live.settings.refit_defer_backlog  # at the threshold, not above it: caught up enough
+    await maintenance().run_once()
+    start = await live.models.current()
+    assert start is not None and start.trigger == "start"
+
+    behind = 10_000
+    await live.feed(scenario(8, seed=4))  # more than 10 % growth
+    await maintenance().run_once()
+    assert (await live.models.current()).id == start.id  # the growth fit waits too
+    impatient = live.settings.model_copy(update={"refit_interval": timedelta(0)})
+    await maintenance(impatient).run_once()
+    scheduled = await live.models.current()
+    assert scheduled.trigger == "schedule" and scheduled.population_size > start.population_size
+
+    never_wait = live.settings.model_copy(update={"refit_defer_backlog": 0})
+    await live.feed(scenario(12, seed=9))
+    await maintenance(never_wait).run_once()
+    assert (await live.models.current()).trigger == "growth"

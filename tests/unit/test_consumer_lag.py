@@ -45,9 +45,11 @@ async def test_lag_of_a_partition_lost_in_a_rebalance_is_no_longer_reported() ->
     p0, p1, p2 = (TopicPartition("huitou.events", n) for n in range(3))
     await loop._record_lag(Assigned({p0: 10, p1: 7, p2: 4}, {p0: 3, p1: 7, p2: 0}))  # type: ignore[arg-type]
     assert lag_series(metrics) == {"0": 7.0, "1": 0.0, "2": 4.0}
+    assert loop.backlog == 11  # what scoring's maintenance reads to let a refit wait out a backfill
 
     await loop._record_lag(Assigned({p1: 9}, {p1: 8}))  # type: ignore[arg-type]  # p0 and p2 moved away
     assert lag_series(metrics) == {"1": 1.0}
+    assert loop.backlog == 1  # partitions that moved away no longer count
 
     await loop._record_lag(Assigned({p1: 9, p2: 6}, {p1: 9, p2: 6}))  # type: ignore[arg-type]  # p2 came back
     assert lag_series(metrics) == {"1": 0.0, "2": 0.0}
