@@ -318,6 +318,7 @@ class PlanningState:
     ) -> None:
         self.session = session
         self._exact_keys = exact_keys
+        self._horizon = horizon
         self._since = datetime.now(UTC) - horizon if horizon is not None else None
         self._attribution_reach = attribution_reach
         self._touches_since: dict[str, datetime | None] = {}  # customer -> touches read since (None: all)
@@ -342,15 +343,23 @@ class PlanningState:
     # --- reads ----------------------------------------------------------------------------
 
     async def prefetch(
-        self, customer_ids: set[str], event_ids: list[str], touch_customers: set[str] | None = None
+        self,
+        customer_ids: set[str],
+        event_ids: list[str],
+        touch_customers: set[str] | None = None,
+        earliest: datetime | None = None,
     ) -> None:
         """Read what a batch's events will need, one query per kind; touches only of
-        ``touch_customers`` (those whose events can plan or convert; default: all)."""
+        ``touch_customers`` (those whose events can plan or convert; default: all). ``earliest``:
+        the earliest moment among the batch's events — a backfill's are years old, and their
+        windows reach back from then, so touches are read back that far in the same query rather
+        than customer by customer when a window asks."""
         self._claimed |= await claimed_among(self.session, processed_events, event_ids)
         self._claims_known |= set(event_ids)
         await self._load_customers(customer_ids)
         await self._load_consents(customer_ids)
-        await self._load_touches(customer_ids if touch_customers is None else touch_customers)
+        reach = earliest - self._horizon if earliest is not None and self._horizon is not None else None
+        await self._load_touches(customer_ids if touch_customers is None else touch_customers, reach)
 
     async def _load_customers(self, customer_ids: set[str]) -> None:
         missing = sorted(c for c in customer_ids if c not in self._held)
@@ -373,12 +382,14 @@ class PlanningState:
             for customer_id in missing:
                 self._consents[customer_id] = found.get(customer_id, {})
 
-    async def _load_touches(self, customer_ids: set[str]) -> None:
+    async def _load_touches(self, customer_ids: set[str], reach: datetime | None = None) -> None:
         missing = [c for c in customer_ids if c not in self._touches]
         if not missing:
             return
         await self._load_customers(set(missing))
         since = self._since
+        if since is not None and reach is not None and reach < since:
+            since = reach
         found = await repository.touches_of(self.session, missing, since=since)
         keys = await repository.touch_keys_of(self.session, missing) if since is not None else {}
         for customer_id in missing:

@@ -226,10 +226,11 @@ class OutreachHandler:
         return messages
 
 
-def _named(upcoming: Sequence[AnyEvent]) -> tuple[set[str], list[str], set[str]]:
+def _named(upcoming: Sequence[AnyEvent]) -> tuple[set[str], list[str], set[str], datetime | None]:
     """The customers (with the referrers whose touches a customer.updated may plan), the event
-    ids a batch names, and the customers whose touches it may read (events that plan or convert;
-    not consents or erasures): what its transaction reads up front."""
+    ids a batch names, the customers whose touches it may read (events that plan or convert;
+    not consents or erasures), and the earliest of those events: what its transaction reads up
+    front."""
     handled = [event for event in upcoming if isinstance(event, HANDLED)]
     customers = {event.customer_id for event in handled}
     referrers = {
@@ -237,10 +238,10 @@ def _named(upcoming: Sequence[AnyEvent]) -> tuple[set[str], list[str], set[str]]
         for event in handled
         if isinstance(event, CustomerUpdatedEvent) and event.payload.snapshot.referred_by
     }
-    planning = {
-        e.customer_id for e in handled if isinstance(e, CustomerUpdatedEvent | PurchaseEvent | InteractionEvent)
-    }
-    return customers | referrers, [event.event_id for event in handled], planning | referrers
+    touching = [e for e in handled if isinstance(e, CustomerUpdatedEvent | PurchaseEvent | InteractionEvent)]
+    planning = {e.customer_id for e in touching}
+    earliest = min((e.occurred_at for e in touching), default=None)
+    return customers | referrers, [event.event_id for event in handled], planning | referrers, earliest
 
 
 @dataclass

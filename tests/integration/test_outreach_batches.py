@@ -463,6 +463,36 @@ async def test_a_late_purchase_converts_a_touch_older_than_the_windows_read_up_f
     assert all(row["status"] == "converted" for row in rows if row["converted_order_id"] == "o-old")
 
 
+async def test_a_backfilled_batch_reads_old_touches_in_one_query_not_one_per_customer(outreach: Outreach) -> None:
+    # A backfill's purchases are years old: each one's attribution window reaches back before
+    # what a batch reads up front. The batch reads back from its earliest event at once.
+    buyers = [f"old-buyer-{n}" for n in range(40)]
+    await outreach.batch([updated(cid, 1, cause=f"in-{cid}") for cid in buyers])
+    long_ago = NOW - timedelta(days=400)
+    async with transaction(outreach.sessions) as session:
+        await session.execute(
+            touches.update()
+            .where(touches.c.customer_id.in_(buyers))
+            .values(status="sent", sent_at=long_ago, due_at=long_ago, holdout=False)
+        )
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(outreach.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await outreach.batch([purchase(cid, "o-old", at=long_ago + timedelta(hours=1)) for cid in buyers])
+    finally:
+        event.remove(outreach.engine.sync_engine, "before_cursor_execute", count)
+    converted = await outreach.rows(
+        select(touches.c.customer_id).where(touches.c.customer_id.in_(buyers), touches.c.converted_order_id == "o-old")
+    )
+    assert {row["customer_id"] for row in converted} == set(buyers)
+    touch_reads = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM touches" in s]
+    assert len(touch_reads) <= 2, "\n".join(touch_reads)  # the touches, and their keys
+
+
 async def test_a_claim_made_meanwhile_by_another_replica_fails_the_batch_and_it_converges(outreach: Outreach) -> None:
     events: list[AnyEvent] = [updated(f"race-{i}", 1, cause=f"in-race-{i}") for i in range(3)]
     taken = events[1].event_id
