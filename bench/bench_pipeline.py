@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -237,6 +238,21 @@ def stack_cpu(stack: RunningStack) -> dict[str, float]:
     return cpu
 
 
+def gc_pauses(stack: RunningStack) -> dict[str, float]:
+    """Seconds scoring and outreach have spent in garbage-collector passes so far
+    (``huitou_gc_pause_seconds_total``, timed in the process with ``gc.callbacks``)."""
+    pauses: dict[str, float] = {}
+    for service in ("scoring", "outreach"):
+        text = httpx.get(stack.url(service) + "/metrics", timeout=10).text
+        pauses[service] = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "huitou_gc_pause_seconds_total"
+        )
+    return pauses
+
+
 def dispatch_state(stack: RunningStack) -> tuple[float, float]:
     """(dispatcher outcomes so far, scheduled touches already due): outreach's own delivery work,
     which shares the cores with the pipeline while it works through a backlog."""
@@ -261,6 +277,7 @@ class FlatOut:
     cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per event, by process
     dispatched: float = 0.0  # dispatcher outcomes (sends, deferrals, suppressions) in the window
     due_after: float = 0.0  # scheduled touches already due when the window closed
+    gc_us: dict[str, float] = field(default_factory=dict)  # of the CPU, µs per event in collector passes
 
 
 @dataclass
@@ -276,10 +293,10 @@ class Paced:
 async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, count: int, timeout: float) -> FlatOut:
     events = traffic.take(count)
     observer.reset()
-    before, (outcomes_before, _) = stack_cpu(stack), dispatch_state(stack)
+    before, (outcomes_before, _), gc_before = stack_cpu(stack), dispatch_state(stack), gc_pauses(stack)
     sent = await drive(stack.url("ingest"), WRITE_KEY, events, rate=None)
     end = await drained(observer, sent, timeout)
-    after, (outcomes_after, due_after) = stack_cpu(stack), dispatch_state(stack)
+    after, (outcomes_after, due_after), gc_after = stack_cpu(stack), dispatch_state(stack), gc_pauses(stack)
     seen = observer.seen
     missing = sum(1 for t in sent.at if t not in seen.updates)
     window = end - sent.first
@@ -293,6 +310,7 @@ async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, co
         cpu_us,
         outcomes_after - outcomes_before,
         due_after,
+        {name: (gc_after[name] - gc_before[name]) / sent.accepted * 1e6 for name in gc_after},
     )
 
 
@@ -327,11 +345,16 @@ def database_env(database: str) -> Iterator[dict[str, str]]:
         yield {f"HUITOU_{s}_DATABASE_URL": url for s in ("INGEST", "SCORING", "OUTREACH", "GATEWAY")}
 
 
+STACK_SETTINGS: dict[str, str] = {}
+"""Settings for every service of the stack, from --stack-env (e.g. an A/B of a tuning knob)."""
+
+
 def stack_env(extra: dict[str, str]) -> dict[str, str]:
     return {
         "HUITOU_DEV_WRITE_KEY": WRITE_KEY,
         "HUITOU_DEV_ADMIN_KEY": ADMIN_KEY,
         "HUITOU_LOG_LEVEL": "WARNING",
+        **STACK_SETTINGS,
         **extra,
     }
 
@@ -355,6 +378,8 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
                 f"{flat.touches} touches, {flat.updates_missing} updates missing); raw {raw:.0f} msgs/s; "
                 "CPU µs/event "
                 + ", ".join(f"{k} {v:.0f}" for k, v in flat.cpu_us.items())
+                + f"; of which GC scoring {flat.gc_us.get('scoring', 0):.0f}, "
+                + f"outreach {flat.gc_us.get('outreach', 0):.0f}"
                 + f"; dispatcher outcomes {flat.dispatched:.0f}, due touches after {flat.due_after:.0f}",
                 flush=True,
             )
@@ -395,6 +420,7 @@ def consumed(stack: RunningStack) -> float:
 def backfill(stack: RunningStack, timeout: float) -> dict[str, Any]:
     orders = sum(1 for line in CDNOW.open() if line.strip()) - 1  # a header line
     before = consumed(stack)
+    cpu_before, children_before = stack_cpu(stack), resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     imported = subprocess.run(
         [
@@ -406,6 +432,8 @@ def backfill(stack: RunningStack, timeout: float) -> dict[str, Any]:
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     import_seconds = time.perf_counter() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    import_cpu = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     if imported.returncode != 0:
         raise RuntimeError(imported.stdout + imported.stderr)
     deadline = started + timeout
@@ -414,7 +442,12 @@ def backfill(stack: RunningStack, timeout: float) -> dict[str, Any]:
             break
         time.sleep(0.5)
     applied_seconds = time.perf_counter() - started
+    cpu_after = stack_cpu(stack)
+    # Where the backfill's time went: CPU seconds by process until scoring had applied every order.
+    cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after if name != "load driver"}
+    cpu["huitou import"] = import_cpu
     internal = {"X-Huitou-Internal-Token": DEV_INTERNAL_TOKEN}
+    refit_started = time.perf_counter()
     refit = httpx.post(
         stack.url("scoring") + "/internal/v1/models/clv/refit",
         json={"as_of": "1998-06-30T00:00:00Z"},  # the end of the CDNOW history
@@ -427,12 +460,15 @@ def backfill(stack: RunningStack, timeout: float) -> dict[str, Any]:
     while not model["rescored"] and time.perf_counter() < rescored_by:
         time.sleep(1)
         model = httpx.get(stack.url("scoring") + "/internal/v1/models/clv", headers=internal, timeout=30).json()
+    refit_seconds = time.perf_counter() - refit_started
     tiers = httpx.get(stack.url("scoring") + "/internal/v1/reports/tiers", headers=internal, timeout=60).json()
     return {
         "orders": orders,
         "applied": int(done),
         "import_seconds": import_seconds,
         "applied_seconds": applied_seconds,
+        "cpu_seconds": cpu,
+        "refit_seconds": refit_seconds,
         "model": model,
         "tiers": tiers,
     }
@@ -451,7 +487,12 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
         f"work, Python {platform.python_version()}; load average {args.load_before:.1f} before the run. The whole "
         "dev stack (`python -m shared.devstack`: Tansu, SMTP sink, ingest, scoring, outreach, gateway) on loopback, "
         "driven over HTTP by bench/loadgen.py; method in the script's docstring. "
-        f"Population {args.population:,} customers; medians of {args.runs} runs.",
+        f"Population {args.population:,} customers; medians of {args.runs} runs."
+        + (
+            " Settings given to every service: " + ", ".join(f"`{k}={v}`" for k, v in STACK_SETTINGS.items()) + "."
+            if STACK_SETTINGS
+            else ""
+        ),
         "",
         "| database | flat-out pipeline events/s | raw produce→consume msgs/s (same run) | × raw "
         f"| touches scheduled/s | at {args.rate:,.0f}/s: update p50 / p99 s | touch scheduled p50 / p99 s "
@@ -492,7 +533,8 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
             f"Per run, {database} — flat out: "
             + ", ".join(
                 f"{f.throughput:.0f} events/s ({f.events:,} events, {f.touches:,} touches; CPU µs/event scoring "
-                f"{f.cpu_us.get('scoring', 0):,.0f}, outreach {f.cpu_us.get('outreach', 0):,.0f}; "
+                f"{f.cpu_us.get('scoring', 0):,.0f}, outreach {f.cpu_us.get('outreach', 0):,.0f}, of which in GC "
+                f"passes {f.gc_us.get('scoring', 0):,.0f} and {f.gc_us.get('outreach', 0):,.0f}; "
                 f"{f.dispatched:,.0f} dispatcher outcomes, {f.due_after:,.0f} due touches after)"
                 for f in flats
             )
@@ -543,9 +585,9 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
             "timed from the start of the import until scoring had applied every order; then a refit as of "
             "1998-06-30 through scoring's API:",
             "",
-            "| database | orders | import s | applied by scoring s | target ≤ 30 s | BG/NBD r, α, a, b "
-            "| Gamma-Gamma p, q, v | tiers (customers) |",
-            "|---|---:|---:|---:|---|---|---|---|",
+            "| database | orders | import s | applied by scoring s | target ≤ 30 s | refit + re-score s "
+            "| BG/NBD r, α, a, b | Gamma-Gamma p, q, v | tiers (customers) |",
+            "|---|---:|---:|---:|---|---:|---|---|---|",
         ]
         for database, b in backfills.items():
             fit, gg = b["model"]["bgnbd"], b["model"].get("gamma_gamma") or {}
@@ -553,9 +595,22 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
             met = "met" if b["applied"] >= b["orders"] and b["applied_seconds"] <= 30 else "not met"
             lines.append(
                 f"| {database} | {b['applied']:,} of {b['orders']:,} | {b['import_seconds']:.1f} "
-                f"| {b['applied_seconds']:.1f} | {met} "
+                f"| {b['applied_seconds']:.1f} | {met} | {b.get('refit_seconds', float('nan')):.1f} "
                 f"| {fit['r']:.3f}, {fit['alpha']:.3f}, {fit['a']:.3f}, {fit['b']:.3f} "
                 f"| {', '.join(f'{gg[k]:.3f}' for k in ('p', 'q', 'v') if k in gg)} | {tiers} |"
+            )
+        lines += [
+            "",
+            "CPU seconds by process from the start of the import until scoring had applied every order "
+            "(user + system from /proc; the import's from its rusage):",
+            "",
+        ]
+        for database, b in backfills.items():
+            spent = b.get("cpu_seconds", {})
+            lines.append(
+                f"- {database}: "
+                + ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(spent.items(), key=lambda x: -x[1]))
+                + f"; {sum(spent.values()):.1f} in all, in {b['applied_seconds']:.1f} s on 2 cores."
             )
         partial = [d for d, b in backfills.items() if b["applied"] < b["orders"]]
         if partial:
@@ -575,30 +630,35 @@ READING = [
     "planning). Consumers apply a partition's records in batched transactions (≤ 500 records or 0.2 s) "
     "and read and write a batch in bulk (about 8 statements per 200 events in scoring, 10 in outreach). "
     "The stack is CPU-bound: the CPU table adds up what each process spends per intake event, and two "
-    "cores divided by that total comes within a few percent of the measured flat-out rate; scoring and "
-    "outreach spend nine tenths of it. The first flat-out run on a fresh stack is the fastest and the "
-    "least representative: most of its customers are new, with no file, orders or touches to read. By the "
-    "third run nearly every customer has a file, and the cost per event settles higher — fed directly "
-    "in-process, scoring's handler spends 660 µs an event after 8,000 earlier events of this traffic and "
-    "880 µs after 40,000 — while the dispatcher works through the touches earlier runs scheduled (about "
-    "40 dispatcher outcomes in the first window, 255 in the third) on the same cores. The medians are "
-    "those later, steadier runs. At 2,000 events/s the stack is offered more than twice what it sustains, "
-    "so those runs only queue: their latencies measure the backlog, not the path. At 500 events/s, which "
-    "it keeps up with, intake → `customer.updated` is about 0.6 s at the median and 1–1.4 s at p99, and "
-    "intake → touch scheduled 1.4–1.9 s and 2.0–2.6 s: each of the two consumer hops gathers records for "
-    "up to 0.2 s per transaction before its commit and relay, and the relays and the dispatcher share the "
-    "cores (and SQLite's single writer). Changes since the previous measurement: JSON columns go through "
-    "orjson (scoring's handler −15 % CPU in-process) and emails are written by hand (dispatch 67 → 93 "
-    "touches/s, section Outreach); the pipeline's flat-out rates moved within their noise. The CDNOW "
-    "backfill took 92.9 s on SQLite and 83.2 s on PostgreSQL in a run of this script at 08:06 and 115.3 s "
-    "and 108.5 s in this one, on the same code as far as the backfill goes (only the email change came "
-    "between): the spread is the shared machine's. What meeting the targets would take: p99 ≤ 1 s at "
-    "2,000/s and the 30 s backfill both need about 2,300 events/s sustained, some 2.5 times less CPU per "
-    "event in scoring and outreach; 0.25 × raw needs some 10 times less. What remains is spread over many "
-    "small steps — reading and writing files and snapshots, pydantic contracts, SQLAlchemy's parameter "
-    "handling, the scoring maths, planning — none much over a fifth of a service's time (profiles: "
-    "section Scoring and Outreach). The backfill's tiers are each file's tier as of its last order (the "
-    "replay clock), read right after the refit, before the refit's re-scoring of every file has finished."
+    "cores divided by that total is the ceiling the flat-out rate approaches (the gap is the processes "
+    "waiting on each other: one consumer each, SQLite's single writer); scoring and outreach spend "
+    "nine tenths of it. The first flat-out run on a fresh stack is the fastest and the least "
+    "representative: most of its customers are new, with no file, orders or touches to read. By the "
+    "third run nearly every customer has a file and a history, the cost per event settles higher, and "
+    "the dispatcher works through the touches earlier runs scheduled on the same cores (the dispatcher "
+    "outcomes in the per-run lines). The medians are those later, steadier runs. At 2,000 events/s the "
+    "stack is offered about twice what it sustains, so those runs only queue: their latencies measure "
+    "the backlog, not the path. At 500 events/s, which it keeps up with, intake → touch scheduled has "
+    "its median near 1–2 s and its p99 near 1.5–3 s: each of the two consumer hops gathers records for "
+    "up to 0.2 s per transaction before its commit and relay, and the relays and the dispatcher share "
+    "the cores (and SQLite's single writer). The load driver's own CPU per event (its code never "
+    "changes) tells a quiet machine from a contended one: about 80–100 µs when quiet; when it climbs, "
+    "every process's figure climbs with it. Each service tunes Python's garbage collector after "
+    "start-up (docs/operations.md); the per-run lines show what collector passes still cost, and "
+    "section Garbage collector A/B what the tuning saved. The CDNOW backfill has varied by a quarter "
+    "between runs of the same code on this shared machine. A start or growth refit waits while scoring "
+    "is more than 5,000 events behind (docs/scoring.md), so no refit re-scores every file again and "
+    "again while the history streams in; the refit column is the one fit as of 1998-06-30 and its "
+    "re-scoring of all 23,570 files, after the last order was applied. The backfill's tiers are each "
+    "file's tier as of its last order (the replay clock), read once that re-scoring finished. What "
+    "meeting the targets would take: p99 ≤ 1 s at 2,000/s needs about 1,000 µs of CPU per event on "
+    "these two cores, about half of today's total; 0.25 × raw (some 9,000 events/s) needs some 17 "
+    "times less. The 30 s backfill needs both fewer CPU-seconds — its processes spend about 75, more "
+    "than two cores give in 30 s — and scoring spread over both cores: one scoring consumer spends "
+    "45–48 of them on its own. What remains is spread over many small steps — building and validating "
+    "the `customer.updated` snapshot, reading and writing files, pydantic contracts, SQLAlchemy's "
+    "parameter handling, the scoring maths, planning — none over about a sixth of a service's time "
+    "(py-spy over the backfill; profiles of live traffic: section Scoring and Outreach)."
 ]
 
 
@@ -633,7 +693,19 @@ async def main() -> None:
     parser.add_argument("--no-backfill", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--results", type=Path, help="also dump the raw results here (JSON)")
+    parser.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service (repeatable), e.g. HUITOU_GC_YOUNG_THRESHOLD=700 for an A/B",
+    )
     args = parser.parse_args()
+    for pair in args.stack_env:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("HUITOU_"):
+            parser.error(f"--stack-env {pair!r}: write it as HUITOU_NAME=value")
+        STACK_SETTINGS[name] = value
     args.load_before = os.getloadavg()[0]
     databases = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     if "postgres" in databases and postgres_bin() is None:
