@@ -2,9 +2,10 @@
 refit, and the lapse sweep that notices silence.
 
 * Refit: on a schedule (``refit_interval``), when the purchasing population grew by
-  ``refit_growth``, after an erasure, and on demand (the internal API). The new model snapshot is
-  in force as soon as ``refit`` returns; re-scoring follows in batches, resumable after a crash
-  (the snapshot row keeps a cursor).
+  ``refit_growth``, after an erasure, and on demand (the internal API); the start and growth
+  refits wait while the consumer is more than ``refit_defer_backlog`` events behind. The new
+  model snapshot is in force as soon as ``refit`` returns; re-scoring follows in batches, each
+  written together, resumable after a crash (the snapshot row keeps a cursor).
 * Sweep: customers whose next check has come (a rhythm threshold, the churn band's next change,
   the expected next order, a purchase leaving a trailing window, or simply ``max_score_age``)
   are re-scored as of the clock. Its cause id is deterministic per customer and as-of day, and
