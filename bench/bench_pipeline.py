@@ -238,33 +238,29 @@ def stack_cpu(stack: RunningStack) -> dict[str, float]:
     return cpu
 
 
+def metric_sums(stack: RunningStack, service: str, names: tuple[str, ...], **labels: str) -> dict[str, float]:
+    """Each sample name's sum over the series of one service's /metrics that carry ``labels``."""
+    sums = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(httpx.get(stack.url(service) + "/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name in sums and all(sample.labels.get(k) == v for k, v in labels.items()):
+                sums[sample.name] += sample.value
+    return sums
+
+
 def gc_pauses(stack: RunningStack) -> dict[str, float]:
     """Seconds scoring and outreach have spent in garbage-collector passes so far
     (``huitou_gc_pause_seconds_total``, timed in the process with ``gc.callbacks``)."""
-    pauses: dict[str, float] = {}
-    for service in ("scoring", "outreach"):
-        text = httpx.get(stack.url(service) + "/metrics", timeout=10).text
-        pauses[service] = sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "huitou_gc_pause_seconds_total"
-        )
-    return pauses
+    name = "huitou_gc_pause_seconds_total"
+    return {service: metric_sums(stack, service, (name,))[name] for service in ("scoring", "outreach")}
 
 
 def dispatch_state(stack: RunningStack) -> tuple[float, float]:
     """(dispatcher outcomes so far, scheduled touches already due): outreach's own delivery work,
     which shares the cores with the pipeline while it works through a backlog."""
-    text = httpx.get(stack.url("outreach") + "/metrics", timeout=10).text
-    outcomes = due = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "huitou_outreach_dispatch_outcomes_total":
-                outcomes += sample.value
-            elif sample.name == "huitou_outreach_touches_due":
-                due = sample.value
-    return outcomes, due
+    names = ("huitou_outreach_dispatch_outcomes_total", "huitou_outreach_touches_due")
+    sums = metric_sums(stack, "outreach", names)
+    return sums[names[0]], sums[names[1]]
 
 
 @dataclass
@@ -405,16 +401,8 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
 
 
 def consumed(stack: RunningStack) -> float:
-    families = text_string_to_metric_families(httpx.get(stack.url("scoring") + "/metrics", timeout=10).text)
-    return sum(
-        sample.value
-        for family in families
-        if family.name == "huitou_events_consumed"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-        and sample.labels.get("topic") == EVENTS
-        and sample.labels.get("outcome") == "processed"
-    )
+    name = "huitou_events_consumed_total"
+    return metric_sums(stack, "scoring", (name,), topic=EVENTS, outcome="processed")[name]
 
 
 def backfill(stack: RunningStack, timeout: float) -> dict[str, Any]:
