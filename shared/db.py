@@ -8,7 +8,7 @@ share one database without ever seeing each other's tables.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,6 +52,28 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        """On SQLite, the conversion and SQLAlchemy's text form in one step.
+
+        Every file, order, history and outbox row binds several times, and the two-step path
+        (:meth:`process_bind_param`, then SQLite's ``DATETIME`` formatting the value through a
+        dict) was ~5 % of scoring's CPU. The text is the same — ``YYYY-MM-DD HH:MM:SS.ffffff``
+        in UTC — which tests/unit/test_db_types.py checks against SQLAlchemy's own processor."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is not UTC:
+                if value.tzinfo is None:
+                    raise ValueError("naive datetime given to a UTCDateTime column")
+                value = value.astimezone(UTC)
+            # An aware UTC time's ISO form ends in "+00:00"; the 26 characters before are the text.
+            return value.isoformat(" ", "microseconds")[:26]
+
+        return process
 
 
 class Money(TypeDecorator[Decimal]):
