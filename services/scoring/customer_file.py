@@ -9,10 +9,10 @@ out-of-order events give the same file as in-order ones.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from services.scoring.scorecard import FileFacts, Scorecard
 from shared.contracts import (
@@ -45,6 +45,28 @@ COMPLAINT_TEXT_LIMIT = 1000
 """Characters of a complaint kept in the file (the event keeps the rest)."""
 
 
+_Frozen = TypeVar("_Frozen", "CustomerFile", "PurchaseTotals")
+
+
+def evolve(obj: _Frozen, /, **changes: Any) -> _Frozen:
+    """``dataclasses.replace`` for the file's frozen dataclasses, without running ``__init__``.
+
+    A file is copied with changes four to six times per event (fold, seen, scores, version);
+    ``replace`` re-ran the frozen ``__init__`` over all 21 fields each time, ~10 % of scoring's
+    CPU. Copying the instance dict is equal (tests/unit/test_scoring_file.py compares the two)
+    because neither class has ``__post_init__``, ``InitVar`` or ``init=False`` fields: keep it so.
+    Unlike ``replace`` under mypy, field names are checked only at run time."""
+    fields = obj.__dataclass_fields__
+    for name in changes:
+        if name not in fields:
+            raise TypeError(f"{type(obj).__name__} has no field {name!r}")
+    copy = object.__new__(type(obj))
+    state = copy.__dict__
+    state.update(obj.__dict__)
+    state.update(changes)
+    return copy
+
+
 @dataclass(frozen=True)
 class PurchaseTotals:
     order_count: int = 0
@@ -69,7 +91,7 @@ class PurchaseTotals:
 def add_purchase(
     totals: PurchaseTotals, amount: Decimal, at: datetime, margin: Decimal | None = None
 ) -> PurchaseTotals:
-    return replace(
+    return evolve(
         totals,
         order_count=totals.order_count + 1,
         revenue=totals.revenue + amount,
@@ -80,7 +102,7 @@ def add_purchase(
 
 
 def add_refund(totals: PurchaseTotals, amount: Decimal) -> PurchaseTotals:
-    return replace(totals, refunded=totals.refunded + amount)
+    return evolve(totals, refunded=totals.refunded + amount)
 
 
 @dataclass(frozen=True)
@@ -286,7 +308,7 @@ class CustomerFile:
         return sum(1 for c in self.complaints.values() if c.get("opened_at") and not c.get("resolved_at"))
 
     def seen(self, at: datetime) -> CustomerFile:
-        return replace(self, last_event_at=max(self.last_event_at or at, at))
+        return evolve(self, last_event_at=max(self.last_event_at or at, at))
 
     def facts(self, occasions: Any) -> FileFacts:
         """The order-independent aggregates the scores are computed from."""

@@ -17,7 +17,7 @@ from uuid import NAMESPACE_URL, uuid5
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import repository
-from services.scoring.customer_file import CustomerFile
+from services.scoring.customer_file import CustomerFile, evolve
 from services.scoring.population import PopulationModel
 from services.scoring.purchases import OrderLine, occasions
 from services.scoring.scorecard import Rules, changes, score
@@ -86,7 +86,7 @@ def rescored(
     history = occasions(orders, rules.timezone, rules.tiers.basis)
     card = score(file.facts(history), model, as_of, rules)
     before = file.scores.tracked() if file.scores else {}
-    return replace(file, scores=card), changes(before, card)
+    return evolve(file, scores=card), changes(before, card)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class FileChanges:
         ``before`` is the file as this transaction last left it (None: there is none yet), and
         ``after.referred_by`` must be current: the announcement carries it."""
         if announcement is not None:
-            after = replace(after, version=(before.version if before else 0) + 1)
+            after = evolve(after, version=(before.version if before else 0) + 1)
         earlier = self._files.get(after.customer_id)
         is_new = earlier.is_new if earlier is not None else before is None
         self._files[after.customer_id] = repository.FileWrite(after, is_new, now)  # the whole row
@@ -135,7 +135,7 @@ class FileChanges:
         """Keep a change of the engagement alone (care received: no version, no announcement).
         Unless the file has other changes in this transaction, only that column is written.
         Returns the file as it will be stored."""
-        after = replace(before, engagement=engagement)
+        after = evolve(before, engagement=engagement)
         earlier = self._files.get(after.customer_id)
         if earlier is None:
             self._files[after.customer_id] = repository.FileWrite(after, False, now, engagement_only=True)

@@ -32,6 +32,7 @@ from services.scoring.customer_file import (
     add_purchase,
     add_refund,
     count_interaction,
+    evolve,
     merge_consent,
     merge_traits,
     note_complaint,
@@ -94,7 +95,7 @@ def fold(books: Books, file: CustomerFile, event: IntakeEvent, orders: list[Orde
             early_refunds = Decimal(unmatched.pop(order.order_id, "0"))
             orders.append(books.record_order(file.customer_id, event.event_id, order, at, early_refunds))
             categories, last_order = note_order(file.categories, file.last_order, order, at)
-            return replace(
+            return evolve(
                 file,
                 totals=add_purchase(file.totals, order.amount, at, order.margin),
                 categories=categories,
@@ -109,16 +110,16 @@ def fold(books: Books, file: CustomerFile, event: IntakeEvent, orders: list[Orde
                 return None
             if booking == "unmatched":  # its order has not arrived yet; it is booked on it when it does
                 unmatched[refund.order_id] = str(Decimal(unmatched.get(refund.order_id, "0")) + refund.amount)
-            return replace(file, totals=add_refund(file.totals, refund.amount), unmatched_refunds=unmatched)
+            return evolve(file, totals=add_refund(file.totals, refund.amount), unmatched_refunds=unmatched)
         case IdentifyEvent(payload=identify):
-            return replace(file, profile=merge_traits(file.profile, identify.traits, at))
+            return evolve(file, profile=merge_traits(file.profile, identify.traits, at))
         case ConsentEvent(payload=consent):
-            return replace(file, consents=merge_consent(file.consents, consent, at))
+            return evolve(file, consents=merge_consent(file.consents, consent, at))
         case InteractionEvent(payload=interaction):
             referrals = file.referral_count
             if interaction.kind is InteractionKind.REFERRAL and interaction.referred_customer_id:
                 referrals = books.record_referral(file.customer_id, interaction.referred_customer_id, at)
-            return replace(
+            return evolve(
                 file,
                 interactions=count_interaction(file.interactions, interaction),
                 engagement=note_engagement(file.engagement, interaction, at),
@@ -203,7 +204,7 @@ class ScoringHandler:
         after, found = rescored(folded, orders, model, self._clock.for_file(folded), self._rules)
         if current is None and _is_referral(event):
             # A new file's referrer is read again after a referral: it could name the customer themself.
-            after = replace(after, referred_by=batch.books.first_referrer(event.customer_id))
+            after = evolve(after, referred_by=batch.books.first_referrer(event.customer_id))
         announcement = Announcement(cause_of(event), event.historical, event.trace_id)
         batch.store(current, after, found, announcement)
 
@@ -283,7 +284,7 @@ class _Batch:
             return None
         referrer = self.books.first_referrer(customer_id)
         # A referral earlier in the transaction may have named this customer.
-        return file if file.referred_by == referrer else replace(file, referred_by=referrer)
+        return file if file.referred_by == referrer else evolve(file, referred_by=referrer)
 
     def store(
         self,

@@ -1,14 +1,19 @@
 """The customer file's folds are order-independent, and its scorecard is a pure function of the
 file, the population model and the as-of time."""
 
+import dataclasses
 import itertools
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+
 from services.scoring.customer_file import (
     CustomerFile,
+    PurchaseTotals,
+    evolve,
     merge_consent,
     merge_traits,
     note_complaint,
@@ -185,3 +190,34 @@ def test_the_snapshot_carries_scores_and_purchase_details():
     assert snapshot.last_order_id == "o-1" and snapshot.last_order_items == ["Tea"]
     assert snapshot.preferred_category == "tea" and snapshot.referred_by == "c-0"
     assert snapshot.tags == ["vip-event"] and snapshot.scores["model_id"] == 7
+
+
+def test_evolve_is_dataclasses_replace_for_every_field() -> None:
+    file = CustomerFile(
+        "c1",
+        version=3,
+        profile={"name": {"value": "Li", "at": "2026-01-01T00:00:00+00:00"}},
+        totals=PurchaseTotals(order_count=2, revenue=Decimal("10.5"), first_purchase_at=T0),
+        tags=("vip",),
+        referred_by="c0",
+    )
+    for kind in (CustomerFile, PurchaseTotals):
+        # What evolve relies on: __init__ only assigns the fields.
+        assert not hasattr(kind, "__post_init__")
+        assert all(f.init for f in dataclasses.fields(kind))
+    other = CustomerFile("c2", version=9, tier_override=ValueTier.A, last_event_at=T0, referred_by="c9")
+    for f in dataclasses.fields(CustomerFile):
+        if f.name == "customer_id":
+            continue
+        changed = {f.name: getattr(other, f.name)}
+        got, expected = evolve(file, **changed), replace(file, **changed)
+        assert got == expected and vars(got) == vars(expected), f.name
+        assert got.referred_by == expected.referred_by  # not compared by ==
+    assert vars(evolve(file.totals, margin=Decimal(1))) == vars(replace(file.totals, margin=Decimal(1)))
+    assert evolve(file) == file and evolve(file) is not file
+    assert vars(file)["version"] == 3  # the original is untouched
+
+
+def test_evolve_refuses_a_field_the_file_does_not_have() -> None:
+    with pytest.raises(TypeError, match="no field 'verison'"):
+        evolve(CustomerFile("c1"), verison=2)
