@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from services.outreach.calendar import Holiday, customer_zone, local_due, moments
@@ -53,7 +54,17 @@ class PlanBook:
     holidays: Mapping[str, Holiday] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[ActivePlan]:
-        return [p for p in self.plans if p.plan.enabled and p.plan.trigger.kind == kind]
+        return list(self._enabled_by_kind.get(kind, ()))
+
+    @cached_property
+    def _enabled_by_kind(self) -> dict[str, list[ActivePlan]]:
+        # Asked several times per event (on every customer.updated: event, change and calendar
+        # plans), while a book lives until the catalog changes: filtered once.
+        grouped: dict[str, list[ActivePlan]] = {}
+        for active in self.plans:
+            if active.plan.enabled:
+                grouped.setdefault(active.plan.trigger.kind, []).append(active)
+        return grouped
 
     def get(self, name: str) -> ActivePlan | None:
         return next((p for p in self.plans if p.plan.name == name), None)
