@@ -143,29 +143,29 @@ class Maintenance:
 
     async def rescore_pending(self) -> int:
         """Re-score every file with the model in force, from where the last run stopped; returns files
-        whose tracked fields changed."""
-        model = await self._models.current()
-        if model is None or model.id is None:
-            return 0
+        whose tracked fields changed. A refit that lands meanwhile supersedes the model being
+        applied: re-scoring moves on to the newer one at once, and returns when it is done."""
         changed = 0
-        async with self._sessions() as session:
-            cursor, done = await repository.rescore_progress(session, model.id)
-        if done is not None:
-            return 0
         while True:
-            async with transaction(self._sessions) as session:
-                ids = await repository.customers_after(session, cursor, self._settings.rescore_batch_size)
-                if not ids:
-                    await repository.set_rescore_progress(session, model.id, cursor, datetime.now(UTC))
+            model = await self._models.current()
+            if model is None or model.id is None:
+                return changed
+            async with self._sessions() as session:
+                cursor, done = await repository.rescore_progress(session, model.id)
+            if done is not None:
+                return changed
+            while True:
+                async with transaction(self._sessions) as session:
+                    ids = await repository.customers_after(session, cursor, self._settings.rescore_batch_size)
+                    if not ids:
+                        await repository.set_rescore_progress(session, model.id, cursor, datetime.now(UTC))
+                        break
+                    changed += await self._rescore_batch(session, ids, model, sweep_as_of=None)
+                    cursor = ids[-1]
+                    await repository.set_rescore_progress(session, model.id, cursor)
+                self._notify()
+                if await self._superseded(model):
                     break
-                changed += await self._rescore_batch(session, ids, model, sweep_as_of=None)
-                cursor = ids[-1]
-                await repository.set_rescore_progress(session, model.id, cursor)
-            self._notify()
-            latest = await self._models.current()
-            if latest is not None and latest.id != model.id:
-                break  # a newer refit superseded this one; its own re-scoring takes over
-        return changed
 
     async def _rescore_batch(
         self, session: AsyncSession, ids: list[str], model: PopulationModel | None, sweep_as_of: datetime | None
@@ -204,8 +204,10 @@ class Maintenance:
 
     # --- the lapse sweep ----------------------------------------------------------------------------
 
-    async def sweep(self) -> int:
-        """Re-score every customer whose next check has come, as of the clock; returns files changed."""
+    async def sweep(self) -> tuple[int, bool]:
+        """Re-score every customer whose next check has come, as of the clock; returns files changed
+        and whether it got through them all. It stops early when a refit puts a newer model in
+        force: that model's re-scoring of every file comes first (the next pass sweeps again)."""
         model = await self._models.current()
         changed = 0
         after: str | None = None
@@ -213,13 +215,19 @@ class Maintenance:
             async with transaction(self._sessions) as session:
                 as_of = await self._clock.sweep_time(session)
                 if as_of is None:
-                    return changed
+                    return changed, True
                 ids = await repository.due_customers(session, as_of, self._settings.sweep_batch_size, after)
                 if not ids:
-                    return changed
+                    return changed, True
                 changed += await self._rescore_batch(session, ids, model, sweep_as_of=as_of)
                 after = ids[-1]
             self._notify()
+            if model is not None and await self._superseded(model):
+                return changed, False
+
+    async def _superseded(self, model: PopulationModel) -> bool:
+        latest = await self._models.current()
+        return latest is not None and latest.id != model.id
 
     def _notify(self) -> None:
         if self._relay is not None:
@@ -230,11 +238,13 @@ class Maintenance:
     async def run(self, stop: asyncio.Event) -> None:
         tick = self._settings.maintenance_tick.total_seconds()
         while not stop.is_set():
+            # Cleared before the pass, not after: a refit requested or made while the pass runs
+            # (the API's, an erasure's) starts the next pass at once instead of a tick later.
+            self._wake.clear()
             try:
                 await self.run_once()
             except Exception:
                 log.exception("scoring maintenance failed; retrying next tick")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(_first(stop, self._wake), tick)
             except TimeoutError:
@@ -254,8 +264,9 @@ class Maintenance:
                 log.info("no refit (%s): %s", trigger, error)
         await self.rescore_pending()
         if time.monotonic() - self._last_sweep >= self._settings.sweep_interval.total_seconds():
-            swept = await self.sweep()
-            self._last_sweep = time.monotonic()
+            swept, complete = await self.sweep()
+            if complete:
+                self._last_sweep = time.monotonic()
             if swept:
                 log.info("lapse sweep changed %d customer file(s)", swept)
 

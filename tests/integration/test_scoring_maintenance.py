@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy import select
 from services.scoring import repository
 from services.scoring.clock import Clock
 from services.scoring.customer_file import CustomerFile
+from services.scoring.engine import ModelStore
 from services.scoring.maintenance import Maintenance
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import clock as clock_table
@@ -90,11 +92,11 @@ async def test_the_sweep_notices_a_silent_lapse_against_the_customers_own_rhythm
     sent = len(await announcements(live, "c-1"))
 
     now.at = last + timedelta(days=45)  # 1.5 × 30: not yet beyond
-    assert await live.maintenance.sweep() == 0
+    assert await live.maintenance.sweep() == (0, True)
     assert len(await announcements(live, "c-1")) == sent
 
     now.at = last + timedelta(days=46)
-    assert await live.maintenance.sweep() == 1
+    assert await live.maintenance.sweep() == (1, True)
     update = (await announcements(live, "c-1"))[-1]
     assert update["payload"]["cause"]["type"] == "clock"
     assert update["payload"]["snapshot"]["stage"] == "at_risk"
@@ -102,7 +104,7 @@ async def test_the_sweep_notices_a_silent_lapse_against_the_customers_own_rhythm
     assert (change["before"], change["after"]) == ("active", "at_risk") and "rhythm 30.0 days" in change["reason"]
     assert update["payload"]["version"] == 4
 
-    assert await live.maintenance.sweep() == 0  # the same day again: a no-op
+    assert await live.maintenance.sweep() == (0, True)  # the same day again: a no-op
     assert len(await announcements(live, "c-1")) == sent + 1
 
     now.at = last + timedelta(days=91)
@@ -204,6 +206,92 @@ async def test_a_refit_rescores_every_file_and_resumes_after_a_crash(live: Stack
         if update["payload"]["cause"]["event_id"].startswith(f"model-{second.id}:")
     ]
     assert len(refit_updates) == changed
+
+
+class _OnFirstBatch:
+    """A relay stand-in: what the maintenance does after its first written batch, in between."""
+
+    def __init__(self, then: Any) -> None:
+        self.batches = 0
+        self._then = then
+
+    def notify(self) -> None:
+        self.batches += 1
+        if self.batches == 1:
+            self._then()
+
+
+async def test_a_refit_landing_mid_rescoring_is_applied_in_the_same_pass(live: Stack, now: FakeNow) -> None:
+    # After a backfill the start refit was re-scoring every file when the operator's refit landed;
+    # the pass gave up on the superseded model and left the newer one for a later pass, after the
+    # sweep: the operator waited for both.
+    now.at = datetime(2026, 1, 1, tzinfo=UTC)
+    await live.feed(scenario(24, seed=1))
+    first = await live.maintenance.refit(as_of=datetime(2025, 10, 1, tzinfo=UTC))
+    second = await live.maintenance.refit(as_of=datetime(2025, 12, 31, tzinfo=UTC))
+    store = ModelStore(live.sessions, poll_seconds=3600)  # sees the second model only when the "refit" lands
+    store.set(first)
+    relay = _OnFirstBatch(lambda: store.set(second))
+    small_batches = live.settings.model_copy(update={"rescore_batch_size": 5})
+    holder = live.maintenance.holder
+    maintenance = Maintenance(live.sessions, relay, store, small_batches, live.clock, holder=holder)  # type: ignore[arg-type]
+
+    await maintenance.rescore_pending()
+    async with live.sessions() as session:
+        ids = await repository.customers_after(session, None, 1000)
+        files = await repository.load_files(session, ids)
+        first_done = (await repository.rescore_progress(session, first.id))[1]
+        second_done = (await repository.rescore_progress(session, second.id))[1]
+    assert relay.batches == 1 + -(-len(ids) // 5)  # the first model's one batch, then every file again
+    assert first_done is None and second_done is not None
+    assert {f.scores.model_id for f in files} == {second.id}
+
+
+async def test_a_sweep_gives_way_to_a_newer_model_and_a_refit_during_a_pass_starts_the_next_at_once(
+    live: Stack, now: FakeNow
+) -> None:
+    now.at = T
+    customers = 24  # enough to fit (min_customers_for_fit)
+    await live.feed(
+        [purchase(f"c-{k:02}", f"o-{k}-{n}", T + timedelta(days=30 * n)) for k in range(customers) for n in range(3)]
+    )
+    first = await live.maintenance.refit(as_of=T + timedelta(days=61))
+    second = await live.maintenance.refit(as_of=T + timedelta(days=62))
+    store = ModelStore(live.sessions, poll_seconds=3600)
+    store.set(first)
+    relay = _OnFirstBatch(lambda: store.set(second))
+    settings = live.settings.model_copy(update={"sweep_batch_size": 8})
+    holder = live.maintenance.holder
+    maintenance = Maintenance(live.sessions, relay, store, settings, live.clock, holder=holder)  # type: ignore[arg-type]
+    now.at = T + timedelta(days=400)  # everyone has lapsed: the sweep has every file to re-score
+    assert await maintenance.sweep() == (8, False)  # one batch, then the newer model comes first
+    assert await maintenance.sweep() == (16, True)
+
+    # The background loop: a refit requested while a pass runs is made without waiting a tick.
+    hourly = live.settings.model_copy(update={"maintenance_tick": timedelta(hours=1)})
+    looping = Maintenance(live.sessions, None, store, hourly, live.clock, holder=holder)
+    rescore_pending, asked = looping.rescore_pending, []
+
+    async def rescore_and_request() -> int:
+        if not asked:
+            asked.append(True)
+            looping.request_refit("erasure")  # e.g. an erasure during the pass
+        return await rescore_pending()
+
+    looping.rescore_pending = rescore_and_request  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(looping.run(stop))
+    latest = None
+    try:
+        for _ in range(300):
+            latest = await store.current()
+            if latest is not None and latest.trigger == "erasure":
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert asked and latest is not None and latest.trigger == "erasure"
 
 
 async def test_refits_are_triggered_at_start_by_growth_and_on_schedule(live: Stack, now: FakeNow) -> None:
