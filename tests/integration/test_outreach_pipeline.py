@@ -5,6 +5,7 @@ operators steer care plans, templates, touches, tasks and reports."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -38,6 +40,7 @@ from shared.contracts import (
 )
 from shared.settings import DEV_INTERNAL_TOKEN
 from shared.topics import CUSTOMERS, EVENTS, TOUCHES
+from tests.conftest import _fresh_pg_database
 from tests.integration.test_outreach_dispatch import SmtpRecorder
 from tests.support import Broker, eventually, read_topic
 
@@ -307,6 +310,51 @@ async def test_erasure_forgets_the_customer_and_late_updates_do_not_bring_them_b
     deleted = await outreach.api.delete(f"/internal/v1/customers/{other}")
     assert deleted.status_code == 200 and deleted.json()["deleted"]["touches"] == 2
     assert await outreach.touches(other) == []
+
+
+@pytest.mark.postgres
+async def test_an_erasure_that_loses_a_deadlock_answers_503_and_erases_on_retry(
+    broker: Broker, pg_base_url: str
+) -> None:
+    """Another transaction (a dispatcher claiming the customer's touches, a consumer batch) may
+    lock the same rows in the other order. PostgreSQL breaks the deadlock by aborting one side;
+    when that is the operator's DELETE, it answers 503 to retry, not 500, keeps everything, and
+    the retry erases."""
+    url = await _fresh_pg_database(pg_base_url)
+    async with running_outreach(broker, url) as outreach:
+        cid = customer_id("deadlock", outreach.settings)
+        await outreach.produce(CUSTOMERS, updated(cid, 1, "purchase", snapshot(order_count=1), order_id="o-1"))
+        await outreach.touch_of(cid, "post_purchase_follow_up")
+        held = len(await outreach.touches(cid))
+        other = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            async with other.transaction():
+                await other.execute("SELECT 1 FROM outreach.touches WHERE customer_id = $1 FOR UPDATE", cid)
+                erasure = asyncio.create_task(outreach.api.delete(f"/internal/v1/customers/{cid}"))
+
+                async def erasure_waits() -> bool:
+                    waiting = await other.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                    return bool(waiting)
+
+                # The erasure locked the customer's row, then waits for the touches ...
+                await eventually(erasure_waits, timeout=30, what="the erasure waiting for the touches")
+                # ... which the other side holds while it now wants the customer's row: a deadlock.
+                # The erasure has waited longer, so its check finds the cycle first and it is aborted.
+                await other.execute("SELECT 1 FROM outreach.customers WHERE customer_id = $1 FOR UPDATE", cid)
+                answer = await asyncio.wait_for(erasure, 30)
+        finally:
+            await other.close()
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"error": "the database is unavailable or busy; retry shortly", "retryable": True}
+        assert answer.headers["Retry-After"] == "1"
+        assert len(await outreach.touches(cid)) == held  # rolled back: nothing half-erased
+        retried = await outreach.api.delete(f"/internal/v1/customers/{cid}")
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["deleted"]["touches"] == held
+        assert await outreach.touches(cid) == []
 
 
 async def test_operators_steer_care_plans_templates_touches_and_reports(outreach: Running) -> None:
