@@ -226,20 +226,18 @@ class _ColumnKinds:
 
 
 def _settle(kind: TypeDecorator[Any]) -> Callable[[Any], Any]:
-    if isinstance(kind, UTCDateTime):
-        # An aware time comes back as the same instant in UTC: most are in UTC already (a file
-        # settles ~10 of them per event), and converting only the others is what the round trip does.
-        def settle_time(value: datetime) -> datetime:
-            if value.tzinfo is UTC:
-                return value
-            return kind.process_result_value(kind.process_bind_param(value, _SQLITE), _SQLITE)  # type: ignore[return-value]
-
-        return settle_time
-
     def settle(value: Any) -> Any:
         return kind.process_result_value(kind.process_bind_param(value, _SQLITE), _SQLITE)
 
-    return settle
+    if not isinstance(kind, UTCDateTime):
+        return settle
+
+    def settle_time(value: datetime) -> datetime:
+        # An aware time comes back as the same instant in UTC: most are in UTC already (a file
+        # settles ~10 of them per event), and converting only the others is what the round trip does.
+        return value if value.tzinfo is UTC else settle(value)
+
+    return settle_time
 
 
 _SQLITE = sqlite.dialect()
