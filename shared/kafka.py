@@ -268,6 +268,7 @@ class ConsumerLoop:
         transaction_seconds: float = 0.2,
         backoff_cap_seconds: float = 15.0,
         session_timeout_ms: int = 10_000,
+        fetch_max_wait_ms: int = 100,
     ) -> None:
         self.topics = list(topics)
         self.group_id = group_id
@@ -284,6 +285,7 @@ class ConsumerLoop:
         self._transaction_seconds = transaction_seconds
         self._backoff_cap = backoff_cap_seconds
         self._session_timeout_ms = session_timeout_ms
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._stop = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned = asyncio.Event()
@@ -330,6 +332,7 @@ class ConsumerLoop:
                 # takes ~3 s instead of ~5 s on the dev broker, and replicas take over faster.
                 heartbeat_interval_ms=500,
                 session_timeout_ms=self._session_timeout_ms,
+                fetch_max_wait_ms=self._fetch_max_wait_ms,
             )
             try:
                 await consumer.start()

@@ -109,6 +109,7 @@ def start_pipeline(
         transaction_records=runtime.settings.consumer_transaction_records,
         transaction_seconds=runtime.settings.consumer_transaction_seconds,
         session_timeout_ms=runtime.settings.kafka_session_timeout_ms,
+        fetch_max_wait_ms=runtime.settings.kafka_fetch_max_wait_ms,
     )
     runtime.spawn(relay.run(), "outbox-relay")
     runtime.spawn(consumer.run(), "consumer")

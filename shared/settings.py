@@ -46,6 +46,16 @@ class ServiceSettings(BaseSettings):
         description="how long a silent consumer keeps its partitions before the group hands them to another "
         "replica: shorter takes over sooner after a crash, longer rides out longer pauses",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        100,
+        ge=10,
+        le=10_000,
+        validation_alias=_shared("KAFKA_FETCH_MAX_WAIT_MS"),
+        description="how long a consumer's fetch may wait at the broker for new records. A Kafka broker "
+        "answers a waiting fetch as soon as records arrive, so there this only paces idle polling; the dev "
+        "broker (Tansu) answers late, roughly a quarter of this wait after a record lands, so it adds that "
+        "much latency to every hop (docs/operations.md)",
+    )
     consumer_transaction_records: int = Field(
         500, ge=1, le=5000, description="at most this many records of a partition per consumer transaction"
     )

@@ -43,7 +43,7 @@ class Scoring:
     relay: OutboxRelay
     tasks: list[asyncio.Task[None]]
 
-    def loop(self, handler=None) -> ConsumerLoop:
+    def loop(self, handler=None, **tuning: int) -> ConsumerLoop:
         return ConsumerLoop(
             topics=[EVENTS],
             group_id="huitou-scoring",
@@ -54,6 +54,7 @@ class Scoring:
             service="scoring",
             is_transient=is_transient,
             max_attempts=2,
+            **tuning,
         )
 
     async def file(self, customer_id: str) -> CustomerFile | None:
@@ -144,6 +145,21 @@ async def test_duplicates_change_nothing(scoring: Scoring) -> None:
         if sample.labels["topic"] == EVENTS
     }
     assert len(lag) == 6 and set(lag.values()) == {0.0}, lag  # every partition exported, all caught up
+
+
+async def test_the_consumer_fetches_with_the_configured_wait(scoring: Scoring) -> None:
+    """The wait reaches aiokafka's fetcher: on the dev broker it is what a hop's latency follows."""
+    await produce(scoring.broker, ("c-1", to_wire(purchase("e-1", "o-1", "5.00"))))
+    loop = scoring.loop(fetch_max_wait_ms=40)
+    fetch_waits: list[int] = []
+
+    async def folded():
+        if loop.consumer is not None and loop.consumer._fetcher is not None:
+            fetch_waits.append(loop.consumer._fetcher._fetch_max_wait_ms)
+        return await scoring.file("c-1")
+
+    await run_until(loop, folded, "the purchase folded")
+    assert fetch_waits and set(fetch_waits) == {40}
 
 
 async def test_poison_goes_to_the_dlq_and_the_partition_keeps_moving(scoring: Scoring) -> None:

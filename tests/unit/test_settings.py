@@ -41,6 +41,15 @@ def test_consumer_tuning_comes_from_the_environment(monkeypatch):
         ScoringSettings()
 
 
+def test_the_fetch_wait_is_shared_by_every_consumer_and_bounded(monkeypatch):
+    assert ScoringSettings().kafka_fetch_max_wait_ms == 100  # the dev broker answers ~1/4 of it late
+    monkeypatch.setenv("HUITOU_KAFKA_FETCH_MAX_WAIT_MS", "500")  # a Kafka broker answers at once
+    assert OutreachSettings().kafka_fetch_max_wait_ms == ScoringSettings().kafka_fetch_max_wait_ms == 500
+    monkeypatch.setenv("HUITOU_KAFKA_FETCH_MAX_WAIT_MS", "0")  # would spin the broker and the consumer
+    with pytest.raises(ValueError, match="HUITOU_KAFKA_FETCH_MAX_WAIT_MS"):
+        OutreachSettings()
+
+
 def test_production_refuses_to_start_on_dev_secrets(monkeypatch):
     monkeypatch.setenv("HUITOU_ENV", "production")
     with pytest.raises(InsecureSettings) as refused:
