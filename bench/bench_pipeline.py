@@ -84,6 +84,7 @@ QUIET_SECONDS = 3.0
 class Seen:
     """Derived messages by the trace id of the intake event that caused them: first time seen."""
 
+    intake: dict[str, float] = field(default_factory=dict)  # on huitou.events (paced runs only)
     updates: dict[str, float] = field(default_factory=dict)
     touches: dict[str, list[float]] = field(default_factory=dict)
     last_update: float = 0.0
@@ -92,19 +93,27 @@ class Seen:
 
 
 class Observer:
-    """Reads huitou.customers and huitou.touches from their end, without a consumer group."""
+    """Reads huitou.customers and huitou.touches from their end, without a consumer group.
 
-    def __init__(self, bootstrap: str) -> None:
+    It fetches with a short wait: the dev broker answers a waiting fetch late (docs/operations.md,
+    "Fetch wait"), and at aiokafka's 500 ms the reader alone would add ~135 ms to every latency."""
+
+    def __init__(self, bootstrap: str, fetch_max_wait_ms: int) -> None:
         self._bootstrap = bootstrap
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._intake: list[TopicPartition] = []
         self.seen = Seen()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False, fetch_max_wait_ms=self._fetch_max_wait_ms
+        )
         await consumer.start()
         tps = []
-        for topic in (CUSTOMERS, TOUCHES):
+        for topic in (CUSTOMERS, TOUCHES, EVENTS):
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
                 await consumer._client.force_metadata_update()
@@ -114,10 +123,24 @@ class Observer:
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)  # resolve "end" now, before any load is sent
+        # Intake is read only in paced runs, to split their latency by hop; flat-out runs leave it
+        # alone so that this process's CPU per event (the contention yardstick) stays comparable.
+        self._intake = [tp for tp in tps if tp.topic == EVENTS]
+        consumer.pause(*self._intake)
+        self._consumer = consumer
         self._task = asyncio.create_task(self._run(consumer))
 
-    def reset(self) -> None:
+    async def reset(self, *, intake: bool = False) -> None:
         self.seen = Seen()
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        if intake:
+            await consumer.seek_to_end(*self._intake)
+            for tp in self._intake:
+                await consumer.position(tp)
+            consumer.resume(*self._intake)
+        else:
+            consumer.pause(*self._intake)
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         try:
@@ -133,7 +156,10 @@ class Observer:
     def _note(self, topic: str, body: dict[str, Any], now: float) -> None:
         seen = self.seen
         trace = body.get("trace_id")
-        if topic == CUSTOMERS and body.get("type") == "customer.updated":
+        if topic == EVENTS:
+            if trace and trace not in seen.intake:
+                seen.intake[trace] = now
+        elif topic == CUSTOMERS and body.get("type") == "customer.updated":
             if trace and trace not in seen.updates:
                 seen.updates[trace] = now
             seen.last_update = now
@@ -284,11 +310,14 @@ class Paced:
     update_latencies: list[float]
     touch_latencies: list[float]
     updates_missing: int
+    # the same path by hop, each over the events seen at both its ends: sent → on huitou.events
+    # (ingest), → customer.updated (scoring and its relay), → first touch scheduled (outreach and its relay)
+    hops: dict[str, list[float]] = field(default_factory=dict)
 
 
 async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, count: int, timeout: float) -> FlatOut:
     events = traffic.take(count)
-    observer.reset()
+    await observer.reset()
     before, (outcomes_before, _), gc_before = stack_cpu(stack), dispatch_state(stack), gc_pauses(stack)
     sent = await drive(stack.url("ingest"), WRITE_KEY, events, rate=None)
     end = await drained(observer, sent, timeout)
@@ -314,14 +343,44 @@ async def paced(
     stack: RunningStack, observer: Observer, traffic: Traffic, rate: float, seconds: float, timeout: float
 ) -> Paced:
     events = traffic.take(int(rate * seconds))
-    observer.reset()
+    await observer.reset(intake=True)
     sent = await drive(stack.url("ingest"), WRITE_KEY, events, rate=rate)
     await drained(observer, sent, timeout)
     seen = observer.seen
     updates = [seen.updates[t] - at for t, at in sent.at.items() if t in seen.updates]
     touches = [min(seen.touches[t]) - at for t, at in sent.at.items() if t in seen.touches]
     offered = len(events) / (sent.last - sent.first)
-    return Paced(rate, offered, sent.accepted, updates, touches, len(sent.at) - len(updates))
+    hops = {
+        "ingest": [seen.intake[t] - at for t, at in sent.at.items() if t in seen.intake],
+        "scoring": [seen.updates[t] - seen.intake[t] for t in sent.at if t in seen.intake and t in seen.updates],
+        "outreach": [
+            min(seen.touches[t]) - seen.updates[t] for t in sent.at if t in seen.touches and t in seen.updates
+        ],
+    }
+    return Paced(rate, offered, sent.accepted, updates, touches, len(sent.at) - len(updates), hops)
+
+
+def hop_text(hops: dict[str, list[float]]) -> str:
+    """p50 / p99 of each hop, in ms."""
+    return ", ".join(
+        f"{name} {percentile(values, 50) * 1000:.0f} / {percentile(values, 99) * 1000:.0f} ms"
+        for name, values in hops.items()
+        if values
+    )
+
+
+def median_hops(paces: list[Paced]) -> str:
+    """Each hop's p50 / p99 in ms, medians over runs."""
+    names = [name for name in ("ingest", "scoring", "outreach") if any(p.hops.get(name) for p in paces)]
+    return ", ".join(
+        f"{name} "
+        + " / ".join(
+            f"{statistics.median(percentile(p.hops[name], q) for p in paces if p.hops.get(name)) * 1000:,.0f}"
+            for q in (50, 99)
+        )
+        + " ms"
+        for name in names
+    )
 
 
 # --- the stack ----------------------------------------------------------------------------------------
@@ -358,7 +417,7 @@ def stack_env(extra: dict[str, str]) -> dict[str, str]:
 async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, Any]:
     bootstrap = f"127.0.0.1:{stack.ports['broker']}"
     traffic = Traffic(Population.generate(args.population, seed=11), seed=11)
-    observer = Observer(bootstrap)
+    observer = Observer(bootstrap, args.observer_fetch_wait_ms)
     await observer.start()
     results: dict[str, Any] = {"flat": [], "paced": [], "raw": []}
     try:
@@ -389,7 +448,8 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
                     f"  run {run + 1}: at {rate:.0f}/s (offered {pace.offered:.0f}/s): update p50/p99 "
                     f"{percentile(pace.update_latencies, 50):.2f}/{percentile(pace.update_latencies, 99):.2f} s, "
                     f"touch p50/p99 {percentile(pace.touch_latencies, 50):.2f}/"
-                    f"{percentile(pace.touch_latencies, 99):.2f} s, {pace.updates_missing} not drained",
+                    f"{percentile(pace.touch_latencies, 99):.2f} s, {pace.updates_missing} not drained; by hop "
+                    + hop_text(pace.hops),
                     flush=True,
                 )
     finally:
@@ -530,7 +590,7 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
             + ", ".join(f"{r:,.0f}" for r in result["raw"])
             + f"; offered at {args.rate:,.0f}/s: "
             + ", ".join(f"{p.offered:,.0f}/s" for p in result["paced"])
-            + "."
+            + f"; at {args.rate:,.0f}/s by hop, p50 / p99: {median_hops(result['paced'])}."
         )
     for database, result in measured.items():
         for rate, paces in result.get("paced_also", {}).items():
@@ -541,7 +601,8 @@ def report(args: argparse.Namespace, measured: dict[str, dict[str, Any]]) -> str
                 + ", ".join(f"{p.offered:,.0f}/s" for p in paces)
                 + f"): update p50 / p99 {updates[0]:.2f} / {updates[1]:.2f} s, touch scheduled p50 / p99 "
                 f"{touches[0]:.2f} / {touches[1]:.2f} s, "
-                f"{statistics.median(p.updates_missing for p in paces):,.0f} of {paces[0].events:,} not drained."
+                f"{statistics.median(p.updates_missing for p in paces):,.0f} of {paces[0].events:,} not drained; "
+                f"by hop, p50 / p99: {median_hops(paces)}."
             )
     cpu_lines = []
     for database, result in measured.items():
@@ -685,6 +746,12 @@ async def main() -> None:
     parser.add_argument("--no-backfill", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--results", type=Path, help="also dump the raw results here (JSON)")
+    parser.add_argument(
+        "--observer-fetch-wait-ms",
+        type=int,
+        default=20,
+        help="fetch wait of the reader that times updates and touches (aiokafka's default is 500)",
+    )
     parser.add_argument(
         "--stack-env",
         action="append",
