@@ -57,7 +57,7 @@ class ServiceSettings(BaseSettings):
         "much latency to every hop (docs/operations.md)",
     )
     consumer_transaction_records: int = Field(
-        500, ge=1, le=5000, description="at most this many records of a partition per consumer transaction"
+        500, ge=1, le=5000, description="at most this many records of a poll per consumer transaction"
     )
     consumer_transaction_seconds: float = Field(
         0.2, gt=0, le=10, description="a consumer transaction stops taking records after this long"

@@ -1,5 +1,5 @@
 """Batched transactions in the consumer loop, on a real broker and real databases (SQLite and
-PostgreSQL): a run of a partition's records is applied in one transaction, and every failure
+PostgreSQL): a run of a poll's records, across its partitions, is applied in one transaction, and every failure
 keeps the guarantees of one-event-per-transaction — a poison event is isolated while the rest
 of its batch is applied in order, a transient database failure mid-batch loses and doubles
 nothing, and a crash between the database commit and the offset commit replays as a no-op."""
@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -141,6 +142,76 @@ async def test_one_transaction_applies_a_run_of_a_partitions_records(scoring: Sc
     assert all(told[: len(done)] == done for told, done in zip(handler.upcoming, handler.committed, strict=True))
     updates = await read_topic(scoring.broker.bootstrap, CUSTOMERS, expect_at_least=20)
     assert causes(updates, "c-1") == [(i + 1, f"e-{i:02d}") for i in range(20)]
+
+
+CUSTOMERS_ON_FOUR_PARTITIONS = ("c-1", "c-2", "c-3", "c-6")
+
+
+def partition_of(customer_id: str) -> int:
+    """Where the producer puts a customer's events (aiokafka's default partitioner, 6 partitions)."""
+    return int(DefaultPartitioner()(customer_id.encode(), list(range(6)), list(range(6))))
+
+
+async def committed_offsets(scoring: Scoring) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=scoring.broker.bootstrap, group_id="huitou-scoring")
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(EVENTS, p)) for p in range(6)}
+    finally:
+        await consumer.stop()
+
+
+async def test_one_transaction_spans_the_partitions_of_a_poll(scoring: Scoring) -> None:
+    """A transaction per partition paid its fixed cost up to six times a poll; one per poll keeps
+    each partition's order and commits every partition's offset after it."""
+    assert len({partition_of(c) for c in CUSTOMERS_ON_FOUR_PARTITIONS}) == 4
+    await produce(scoring.broker, *[m for c in CUSTOMERS_ON_FOUR_PARTITIONS for m in orders(5, c, prefix=c)])
+    handler = Recording(ScoringHandler(scoring.sessions, scoring.relay, scoring.metrics))
+
+    async def all_applied():
+        files = [await scoring.file(c) for c in CUSTOMERS_ON_FOUR_PARTITIONS]
+        return all(f and f.totals.order_count == 5 for f in files) or None
+
+    await run_until(batched_loop(scoring, handler), all_applied, "every customer's five orders")
+    spans = [{partition_of(e.rsplit("-", 1)[0]) for e in t} for t in handler.committed]
+    assert max(len(partitions) for partitions in spans) >= 2, spans
+    applied = [e for t in handler.committed for e in t]
+    for customer in CUSTOMERS_ON_FOUR_PARTITIONS:
+        assert [e for e in applied if e.startswith(customer + "-")] == [f"{customer}-{i:02d}" for i in range(5)]
+    assert len(applied) == 20
+    offsets = await committed_offsets(scoring)
+    assert {p: offsets[p] for p in {partition_of(c) for c in CUSTOMERS_ON_FOUR_PARTITIONS}} == {
+        partition_of(c): 5 for c in CUSTOMERS_ON_FOUR_PARTITIONS
+    }
+    updates = await read_topic(scoring.broker.bootstrap, CUSTOMERS, expect_at_least=20)
+    for customer in CUSTOMERS_ON_FOUR_PARTITIONS:
+        assert causes(updates, customer) == [(i + 1, f"{customer}-{i:02d}") for i in range(5)]
+
+
+async def test_a_transient_failure_across_partitions_rewinds_each_partition_and_loses_nothing(
+    scoring: Scoring,
+) -> None:
+    await produce(scoring.broker, *[m for c in CUSTOMERS_ON_FOUR_PARTITIONS for m in orders(5, c, prefix=c)])
+    # Whatever order the poll brings the partitions in, the failure comes after some of its events.
+    handler = DropsConnection(scoring.sessions, scoring.relay, scoring.metrics, at_event="c-3-04")
+
+    async def all_applied():
+        files = [await scoring.file(c) for c in CUSTOMERS_ON_FOUR_PARTITIONS]
+        return all(f and f.totals.order_count == 5 for f in files) or None
+
+    await run_until(batched_loop(scoring, handler), all_applied, "every order after the failure")
+    assert handler.dropped == 1
+    for customer in CUSTOMERS_ON_FOUR_PARTITIONS:
+        file = await scoring.file(customer)
+        assert file is not None and file.version == 5
+        assert file.totals.revenue == sum(Decimal(i + 1) for i in range(5))
+    updates = await read_topic(scoring.broker.bootstrap, CUSTOMERS, expect_at_least=20)
+    for customer in CUSTOMERS_ON_FOUR_PARTITIONS:
+        assert causes(updates, customer) == [(i + 1, f"{customer}-{i:02d}") for i in range(5)]
+    assert scoring.metrics.duplicates_skipped.labels("scoring")._value.get() == 0
+    assert await processed_count(scoring) == 20
+    offsets = await committed_offsets(scoring)
+    assert all(offsets[partition_of(c)] == 5 for c in CUSTOMERS_ON_FOUR_PARTITIONS)
 
 
 async def test_poison_in_the_middle_of_a_batch_is_isolated_and_the_rest_applied_in_order(scoring: Scoring) -> None:
