@@ -373,8 +373,8 @@ SQLite (WAL), Tansu broker and the dev SMTP sink (`shared.smtp_sink`, Maildir) o
 Per run — planned events/s: {", ".join(f"{r['events_s']:,.0f}" for r in plans)}; dispatched/s:
 {", ".join(f"{r['sends_s']:,.0f}" for r in sends)}.
 
-Where the time goes: the consumer loop hands outreach runs of a partition's records (up to 500,
-closed after 0.2 s) in one transaction each. Outreach reads what a run needs up front, one query
+Where the time goes: the consumer loop hands outreach runs of a poll's records, across its
+partitions (up to 500, closed after 0.2 s), in one transaction each. Outreach reads what a run needs up front, one query
 per kind for all its customers (claimed event ids, snapshots, tombstones, consents, the customers'
 touches), plans every event in memory against that state, and writes at the end one statement per
 table (claims, snapshots, touches, suppressions, operator tasks, the outbox in order). 200
