@@ -401,14 +401,26 @@ class ConsumerLoop:
                     consumer.seek(tp, offset)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit ``offsets`` of the partitions still assigned; False: stop this poll here.
+
+        aiokafka refuses a whole commit that names one partition no longer assigned, so a
+        partition lost in a rebalance part-way through a poll is left out; the others' progress
+        is still committed, and the poll stops so nothing more of the lost one is applied."""
+        assigned = consumer.assignment()
+        owned = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        lost = sorted(set(offsets) - set(owned))
+        if lost:
+            # Its new owner replays from the last committed offset and dedupes by event_id.
+            log.warning("partitions %s were revoked part-way through a poll; their new owner replays them", lost)
         try:
-            await consumer.commit(offsets)
+            if owned:
+                await consumer.commit(owned)
         except (CommitFailedError, IllegalStateError, KafkaConnectionError) as error:
-            # A partition moved to another member (or the broker blinked). Its new owner
-            # replays from the last committed offset and dedupes by event_id: nothing is lost.
-            log.warning("offset commit for %s failed, will replay: %s", sorted(offsets), error)
+            # The group moved on (or the broker blinked): whoever owns these partitions next
+            # replays from the last committed offsets and dedupes by event_id: nothing is lost.
+            log.warning("offset commit for %s failed, will replay: %s", sorted(owned), error)
             return False
-        return True
+        return not lost
 
     async def _settle_some(self, fetched: _Fetched, start: int) -> int:
         """Apply or dead-letter records from ``start`` on; how many are settled (0: stop here)."""

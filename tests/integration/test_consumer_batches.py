@@ -214,6 +214,29 @@ async def test_a_transient_failure_across_partitions_rewinds_each_partition_and_
     assert all(offsets[partition_of(c)] == 5 for c in CUSTOMERS_ON_FOUR_PARTITIONS)
 
 
+async def test_a_partition_lost_part_way_through_a_poll_does_not_hold_back_the_others_commit(
+    scoring: Scoring,
+) -> None:
+    """aiokafka refuses a whole commit naming a partition no longer assigned: the loop commits
+    the partitions it still owns and stops the poll (the lost one's new owner replays it)."""
+    await produce(scoring.broker, *orders(2, "c-1"), *orders(1, "c-2"))
+    kept, lost = TopicPartition(EVENTS, partition_of("c-1")), TopicPartition(EVENTS, partition_of("c-2"))
+    loop = batched_loop(scoring, ScoringHandler(scoring.sessions, scoring.relay, scoring.metrics))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=scoring.broker.bootstrap, group_id="huitou-scoring", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([kept])  # ``lost`` went to another member in a rebalance
+        assert not await loop._commit(consumer, {kept: 1, lost: 1})  # committed, and the poll stops
+        offsets = await committed_offsets(scoring)
+        assert (offsets[kept.partition], offsets[lost.partition]) == (1, None)
+        assert await loop._commit(consumer, {kept: 2})
+    finally:
+        await consumer.stop()
+    assert (await committed_offsets(scoring))[kept.partition] == 2
+
+
 async def test_poison_in_the_middle_of_a_batch_is_isolated_and_the_rest_applied_in_order(scoring: Scoring) -> None:
     messages = orders(10)
     messages.insert(7, ("c-1", b"{not json"))  # unparseable: straight to the DLQ, the run goes on
