@@ -15,11 +15,16 @@ batches of 100. Every event carries its own trace id; an observer reads ``huitou
 touch to the send time of the event that caused it. Per run:
 
 * flat out: N events as fast as ingest takes them. Throughput = events sent / time from the first
-  send until the pipeline drained (every event's ``customer.updated`` seen, then no new touch for
-  3 s; the last message seen ends the window).
+  send until the pipeline drained (every event's ``customer.updated`` seen, no new touch for 3 s,
+  and scoring and outreach with no consumer lag and an empty outbox by their /metrics; the last
+  message seen ends the window). The next run starts only then, so no run inherits another's
+  backlog (an update that plans no touch leaves no trace on the observed topics).
 * at a target rate (open loop: batch n leaves at n·100/rate s, whatever the answers took) for S
   seconds: latency percentiles intake → ``customer.updated`` and intake → touch scheduled, over
-  the events whose messages were seen before the drain timeout (and how many were not).
+  the events whose messages were seen before the drain timeout (and how many were not), split by
+  hop, and when the events of the touches over 1 s were sent.
+* both: every ``customer.updated`` seen, by its cause's type — a refit's or the lapse sweep's
+  re-announcements would show there, on top of the traffic's own.
 * reference, in the same run on the same broker: raw aiokafka produce → consume of the same number
   of messages of the same size (acks=all, one consumer reading all six partitions).
 
@@ -44,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -90,6 +96,9 @@ class Seen:
     last_update: float = 0.0
     last_touch: float = 0.0
     touch_count: int = 0
+    # every customer.updated by its cause's type: a refit's or the sweep's re-announcements show
+    # up here, and outreach must plan them on top of the traffic's own
+    causes: Counter[str] = field(default_factory=Counter)
 
 
 class Observer:
@@ -163,6 +172,7 @@ class Observer:
             if trace and trace not in seen.updates:
                 seen.updates[trace] = now
             seen.last_update = now
+            seen.causes[body["payload"]["cause"]["type"]] += 1
         elif topic == TOUCHES and body["payload"]["status"] == "scheduled":
             seen.touch_count += 1
             seen.last_touch = now
@@ -175,18 +185,29 @@ class Observer:
             await self._task
 
 
-async def drained(observer: Observer, sent: Sent, timeout: float) -> float:
-    """Wait until every sent event's update was seen and no touch came for a while; returns the
-    moment the last derived message was seen."""
+async def drained(stack: RunningStack, observer: Observer, sent: Sent, timeout: float) -> float:
+    """Wait until every sent event's update was seen, no touch came for a while, and scoring and
+    outreach have nothing left to consume or relay; returns the moment the last derived message
+    was seen.
+
+    The last condition keeps runs apart: an event that plans no touch leaves no trace on the
+    observed topics, so without it the next run could start while outreach still works through
+    this one's `customer.updated` backlog, and that run's latencies would carry it."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         seen = observer.seen
         done = sum(1 for t in sent.at if t in seen.updates)
         quiet = time.perf_counter() - max(seen.last_touch, seen.last_update) >= QUIET_SECONDS
-        if done >= sent.accepted and quiet:
+        if done >= sent.accepted and quiet and await asyncio.to_thread(backlog, stack) == 0:
             break
         await asyncio.sleep(0.2)
     return max(observer.seen.last_update, observer.seen.last_touch)
+
+
+def backlog(stack: RunningStack) -> float:
+    """What scoring and outreach still have to do: consumer lag plus outbox rows not yet relayed."""
+    names = ("huitou_consumer_lag", "huitou_outbox_backlog")
+    return sum(sum(metric_sums(stack, service, names).values()) for service in ("scoring", "outreach"))
 
 
 # --- the raw reference ----------------------------------------------------------------------------------
@@ -300,6 +321,7 @@ class FlatOut:
     dispatched: float = 0.0  # dispatcher outcomes (sends, deferrals, suppressions) in the window
     due_after: float = 0.0  # scheduled touches already due when the window closed
     gc_us: dict[str, float] = field(default_factory=dict)  # of the CPU, µs per event in collector passes
+    causes: dict[str, int] = field(default_factory=dict)  # customer.updated seen, by cause type
 
 
 @dataclass
@@ -313,6 +335,8 @@ class Paced:
     # the same path by hop, each over the events seen at both its ends: sent → on huitou.events
     # (ingest), → customer.updated (scoring and its relay), → first touch scheduled (outreach and its relay)
     hops: dict[str, list[float]] = field(default_factory=dict)
+    causes: dict[str, int] = field(default_factory=dict)  # customer.updated seen, by cause type
+    slow_sent: list[float] = field(default_factory=list)  # touches over 1 s: their events' send offsets
 
 
 async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, count: int, timeout: float) -> FlatOut:
@@ -320,7 +344,7 @@ async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, co
     await observer.reset()
     before, (outcomes_before, _), gc_before = stack_cpu(stack), dispatch_state(stack), gc_pauses(stack)
     sent = await drive(stack.url("ingest"), WRITE_KEY, events, rate=None)
-    end = await drained(observer, sent, timeout)
+    end = await drained(stack, observer, sent, timeout)
     after, (outcomes_after, due_after), gc_after = stack_cpu(stack), dispatch_state(stack), gc_pauses(stack)
     seen = observer.seen
     missing = sum(1 for t in sent.at if t not in seen.updates)
@@ -336,6 +360,7 @@ async def flat_out(stack: RunningStack, observer: Observer, traffic: Traffic, co
         outcomes_after - outcomes_before,
         due_after,
         {name: (gc_after[name] - gc_before[name]) / sent.accepted * 1e6 for name in gc_after},
+        dict(seen.causes),
     )
 
 
@@ -345,7 +370,7 @@ async def paced(
     events = traffic.take(int(rate * seconds))
     await observer.reset(intake=True)
     sent = await drive(stack.url("ingest"), WRITE_KEY, events, rate=rate)
-    await drained(observer, sent, timeout)
+    await drained(stack, observer, sent, timeout)
     seen = observer.seen
     updates = [seen.updates[t] - at for t, at in sent.at.items() if t in seen.updates]
     touches = [min(seen.touches[t]) - at for t, at in sent.at.items() if t in seen.touches]
@@ -357,7 +382,12 @@ async def paced(
             min(seen.touches[t]) - seen.updates[t] for t in sent.at if t in seen.touches and t in seen.updates
         ],
     }
-    return Paced(rate, offered, sent.accepted, updates, touches, len(sent.at) - len(updates), hops)
+    # When the slowest touches' events were sent, in seconds into the run: a stall shows as a
+    # bunch sent close together, a backlog as a spread that grows towards the end.
+    slow = sorted(at - sent.first for t, at in sent.at.items() if t in seen.touches and min(seen.touches[t]) - at > 1.0)
+    return Paced(
+        rate, offered, sent.accepted, updates, touches, len(sent.at) - len(updates), hops, dict(seen.causes), slow
+    )
 
 
 def hop_text(hops: dict[str, list[float]]) -> str:
@@ -367,6 +397,10 @@ def hop_text(hops: dict[str, list[float]]) -> str:
         for name, values in hops.items()
         if values
     )
+
+
+def cause_text(causes: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in sorted(causes.items(), key=lambda c: -c[1])) or "none"
 
 
 def median_hops(paces: list[Paced]) -> str:
@@ -435,7 +469,8 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
                 + ", ".join(f"{k} {v:.0f}" for k, v in flat.cpu_us.items())
                 + f"; of which GC scoring {flat.gc_us.get('scoring', 0):.0f}, "
                 + f"outreach {flat.gc_us.get('outreach', 0):.0f}"
-                + f"; dispatcher outcomes {flat.dispatched:.0f}, due touches after {flat.due_after:.0f}",
+                + f"; dispatcher outcomes {flat.dispatched:.0f}, due touches after {flat.due_after:.0f}"
+                + f"; updates by cause {cause_text(flat.causes)}",
                 flush=True,
             )
             for rate in (args.rate, *args.also_rate):
@@ -449,7 +484,14 @@ async def live_runs(stack: RunningStack, args: argparse.Namespace) -> dict[str, 
                     f"{percentile(pace.update_latencies, 50):.2f}/{percentile(pace.update_latencies, 99):.2f} s, "
                     f"touch p50/p99 {percentile(pace.touch_latencies, 50):.2f}/"
                     f"{percentile(pace.touch_latencies, 99):.2f} s, {pace.updates_missing} not drained; by hop "
-                    + hop_text(pace.hops),
+                    + hop_text(pace.hops)
+                    + f"; updates by cause {cause_text(pace.causes)}"
+                    + (
+                        f"; {len(pace.slow_sent)} touches over 1 s, their events sent at "
+                        f"+{pace.slow_sent[0]:.1f}…+{pace.slow_sent[-1]:.1f} s"
+                        if pace.slow_sent
+                        else ""
+                    ),
                     flush=True,
                 )
     finally:
