@@ -19,7 +19,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import BigInteger, DateTime, Dialect, event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Result, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -92,6 +92,15 @@ class Money(TypeDecorator[Decimal]):
         if value is None:
             return None
         return Decimal(value) / self._SCALE
+
+
+def row_dicts(result: Result[Any]) -> list[dict[str, Any]]:
+    """A result's rows as plain dicts, the column names zipped in once for all rows.
+
+    ``dict(row)`` over ``.mappings()`` asks each row for its keys again; on the touches a
+    planning batch reads (thousands of rows) that was a third of the read's CPU."""
+    names = list(result.keys())
+    return [dict(zip(names, values, strict=True)) for values in result.all()]
 
 
 def is_sqlite(url: str) -> bool:

@@ -94,7 +94,7 @@ async def claimed_among(session: AsyncSession, table: Table, event_ids: Collecti
         select(table.c.event_id).where(table.c.event_id.in_(bindparam("ids", expanding=True))),
         {"ids": sorted(set(event_ids))},
     )
-    return {row.event_id for row in rows}
+    return set(rows.scalars().all())
 
 
 async def claim_many(

@@ -36,6 +36,7 @@ from shared.contracts import (
     TouchStatus,
     to_wire,
 )
+from shared.db import row_dicts
 from shared.kafka import Outgoing
 from shared.topics import TOUCHES
 from shared.tracing import kafka_headers
@@ -729,7 +730,7 @@ async def stored_customers(
     if lock:
         query = query.with_for_update()
     rows = await session.execute(query)
-    return {row.customer_id: (row.version, row.snapshot) for row in rows}
+    return {customer_id: (version, snapshot) for customer_id, version, snapshot in rows.all()}
 
 
 async def tombstones(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, int]:
@@ -738,7 +739,7 @@ async def tombstones(session: AsyncSession, customer_ids: Sequence[str]) -> dict
     rows = await session.execute(
         select(erasures.c.customer_id, erasures.c.version).where(erasures.c.customer_id.in_(set(customer_ids)))
     )
-    return {row.customer_id: row.version for row in rows}
+    return {customer_id: version for customer_id, version in rows.all()}
 
 
 async def consents_of(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], Any]]:
@@ -746,9 +747,9 @@ async def consents_of(session: AsyncSession, customer_ids: Sequence[str]) -> dic
     held: dict[str, dict[tuple[str, str], Any]] = {}
     if not customer_ids:
         return held
-    rows = (await session.execute(select(consents).where(consents.c.customer_id.in_(set(customer_ids))))).mappings()
-    for row in rows:
-        held.setdefault(row["customer_id"], {})[(row["channel"], row["purpose"])] = dict(row)
+    result = await session.execute(select(consents).where(consents.c.customer_id.in_(set(customer_ids))))
+    for row in row_dicts(result):
+        held.setdefault(row["customer_id"], {})[(row["channel"], row["purpose"])] = row
     return held
 
 
@@ -764,8 +765,8 @@ async def touches_of(
     query = select(*HELD_TOUCH_COLUMNS).where(touches.c.customer_id.in_(set(customer_ids)))
     if since is not None:
         query = query.where(or_(touches.c.due_at >= since, touches.c.sent_at >= since))
-    for row in (await session.execute(query)).mappings():
-        held.setdefault(row["customer_id"], []).append(dict(row))
+    for row in row_dicts(await session.execute(query)):
+        held.setdefault(row["customer_id"], []).append(row)
     return held
 
 

@@ -458,7 +458,7 @@ async def refund_keys(session: AsyncSession, customer_ids: Collection[str]) -> s
             refunds.c.customer_id.in_(list(customer_ids)), refunds.c.refund_id.is_not(None)
         )
     )
-    return {(row.customer_id, row.order_id, row.refund_id) for row in rows}
+    return {(customer_id, order_id, refund_id) for customer_id, order_id, refund_id in rows.all()}
 
 
 def refund_row(customer_id: str, event_id: str, refund: RefundPayload, at: datetime) -> dict[str, Any]:
@@ -487,7 +487,7 @@ _ORDER_LINES = select(
 async def order_lines(session: AsyncSession, customer_id: str) -> list[OrderLine]:
     connection = await session.connection()
     rows = await connection.execute(_ORDER_LINES, {"owner": customer_id})
-    return [OrderLine(r.order_id, r.occurred_at, r.amount, r.refunded, r.margin, r.event_id) for r in rows]
+    return [OrderLine(*values) for values in rows.all()]
 
 
 async def order_lines_for(session: AsyncSession, customer_ids: Collection[str]) -> dict[str, list[OrderLine]]:
@@ -497,8 +497,10 @@ async def order_lines_for(session: AsyncSession, customer_ids: Collection[str]) 
         return found
     connection = await session.connection()
     rows = await connection.execute(_ORDER_LINES_FOR, {"owners": list(found)})
-    for r in rows:
-        found[r.customer_id].append(OrderLine(r.order_id, r.occurred_at, r.amount, r.refunded, r.margin, r.event_id))
+    # Unpacked as tuples: a Row's attribute access costs ~1.5 µs a name, and a batch reads
+    # every order of its customers.
+    for customer_id, order_id, occurred_at, amount, refunded, margin, event_id in rows.all():
+        found[customer_id].append(OrderLine(order_id, occurred_at, amount, refunded, margin, event_id))
     return found
 
 
