@@ -300,7 +300,7 @@ class PlanningState:
     unique index is the final word.
 
     ``horizon``: the longest dedupe or attribution window in force. Touches are then read only if
-    due or sent within it (with every touch's idempotency key, a narrow column), and a customer's
+    due or sent within it (of older touches only the idempotency key, a narrow column), and a customer's
     older touches are read when a window reaches further back (a late event), so the answers
     are those of reading them all. ``attribution_reach``: the longest attribution window.
 
@@ -391,7 +391,7 @@ class PlanningState:
         if since is not None and reach is not None and reach < since:
             since = reach
         found = await repository.touches_of(self.session, missing, since=since)
-        keys = await repository.touch_keys_of(self.session, missing) if since is not None else {}
+        keys = await repository.touch_keys_of(self.session, missing, before=since) if since is not None else {}
         for customer_id in missing:
             rows = found.get(customer_id, [])
             self._touches[customer_id] = rows

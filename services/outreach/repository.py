@@ -770,17 +770,25 @@ async def touches_of(
     return held
 
 
-async def touch_keys_of(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, list[str]]:
-    """The idempotency keys of every touch of these customers, per customer (one narrow column:
-    a key is taken forever, however old its touch)."""
+async def touch_keys_of(
+    session: AsyncSession, customer_ids: Sequence[str], *, before: datetime
+) -> dict[str, list[str]]:
+    """The idempotency keys of these customers' touches that :func:`touches_of` with ``since=before``
+    leaves out — due and sent (if at all) before then — per customer: one narrow column, for a
+    key is taken forever, however old its touch. The newer touches' keys come with their rows;
+    reading them here too doubled the rows a planning batch read."""
     held: dict[str, list[str]] = {}
     if not customer_ids:
         return held
     rows = await session.execute(
-        select(touches.c.customer_id, touches.c.idempotency_key).where(touches.c.customer_id.in_(set(customer_ids)))
+        select(touches.c.customer_id, touches.c.idempotency_key).where(
+            touches.c.customer_id.in_(set(customer_ids)),
+            touches.c.due_at < before,
+            or_(touches.c.sent_at.is_(None), touches.c.sent_at < before),
+        )
     )
-    for row in rows:
-        held.setdefault(row.customer_id, []).append(row.idempotency_key)
+    for customer_id, key in rows.all():  # as tuples: a Row's attribute access costs ~1.5 µs a name
+        held.setdefault(customer_id, []).append(key)
     return held
 
 

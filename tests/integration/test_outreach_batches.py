@@ -493,6 +493,28 @@ async def test_a_backfilled_batch_reads_old_touches_in_one_query_not_one_per_cus
     assert len(touch_reads) <= 2, "\n".join(touch_reads)  # the touches, and their keys
 
 
+async def test_a_touch_older_than_the_windows_still_holds_its_key(outreach: Outreach) -> None:
+    # A batch reads whole rows only of touches within the longest window; older ones only by
+    # their idempotency key. A later update re-planning an old touch's key must find it taken.
+    cid = "old-key"
+    await outreach.batch([updated(cid, 1, cause="in-old-key-1", order_id="o-kept")])
+    long_ago = NOW - timedelta(days=400)
+    async with transaction(outreach.sessions) as session:
+        await session.execute(
+            touches.update()
+            .where(touches.c.customer_id == cid)
+            .values(status="sent", sent_at=long_ago, due_at=long_ago)
+        )
+    before = await outreach.rows(select(touches.c.idempotency_key).where(touches.c.customer_id == cid))
+    assert before
+
+    # The same order announced again (a later version, a new cause event): same keys.
+    await outreach.batch([updated(cid, 2, cause="in-old-key-2", order_id="o-kept")])
+
+    after = await outreach.rows(select(touches.c.idempotency_key).where(touches.c.customer_id == cid))
+    assert sorted(row["idempotency_key"] for row in after) == sorted(row["idempotency_key"] for row in before)
+
+
 async def test_a_claim_made_meanwhile_by_another_replica_fails_the_batch_and_it_converges(outreach: Outreach) -> None:
     events: list[AnyEvent] = [updated(f"race-{i}", 1, cause=f"in-race-{i}") for i in range(3)]
     taken = events[1].event_id
