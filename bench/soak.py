@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python bench/soak.py [--database sqlite|postgres] [--minutes 10] [--rate 300] [--no-write]
+    python bench/soak.py [--database sqlite|postgres] [--minutes 10] [--rate 300] [--label L] [--no-write]
 
 The dev stack starts as in bench_pipeline.py (``python -m shared.devstack``, SQLite files or one
 throwaway PostgreSQL database). bench/loadgen.py's population is sent to ingest's ``/v1/events``
@@ -16,7 +16,9 @@ not Python objects piling up.
 Flat means: after a one-minute warm-up, the least-squares slope of each service's RSS is small
 (reported in MiB per minute and as the projected growth over a day), and lag does not grow —
 it ends where it started, drained, after the load stops. The samples go to a CSV, the plot to
-docs/soak-<database>.png, and a "## Soak" section to docs/benchmarks.md.
+docs/soak-<database>.png, and a "## Soak" section to docs/benchmarks.md. With ``--label`` (say "60
+minutes") a soak of another length keeps its own section ("## Soak, 60 minutes") and plots
+(docs/soak-<database>-60-minutes.png) beside the standard one.
 """
 
 from __future__ import annotations
@@ -240,16 +242,22 @@ def write_csv(soak: Soak, path: Path) -> None:
                              *(f"{s.heap_kblocks.get(n, float('nan')):.1f}" for n in CONSUMERS)])  # fmt: skip
 
 
+def plot_name(database: str, label: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    return f"soak-{database}-{slug}.png" if slug else f"soak-{database}.png"
+
+
 def report(soaks: list[Soak], args: argparse.Namespace) -> str:
+    label = f" --label '{args.label}'" if args.label else ""
     lines = [
-        "## Soak",
+        f"## Soak, {args.label}" if args.label else "## Soak",
         "",
         f"`python bench/soak.py --database {args.database} --minutes {args.minutes:g} --rate {args.rate:g} "
-        f"--population {args.population}` on {os.cpu_count()} cores "
+        f"--population {args.population}{label}` on {os.cpu_count()} cores "
         "(shared machine). The whole dev stack at a steady open-loop rate from bench/loadgen.py; RSS from "
         f"/proc, lag and outbox backlog from /metrics every {args.sample_seconds:g} s. Slopes are least-squares "
         f"fits after a {WARM_UP_SECONDS:.0f} s warm-up. Plots: "
-        + ", ".join(f"[{s.database}](soak-{s.database}.png)" for s in soaks)
+        + ", ".join(f"[{s.database}]({plot_name(s.database, args.label)})" for s in soaks)
         + ". The dev broker (Tansu, `memory://` storage) keeps every message in memory, so its RSS grows "
         "with the data by design; the services' RSS and the lag are what must stay flat.",
         "",
@@ -290,6 +298,7 @@ async def main() -> None:
     parser.add_argument("--sample-seconds", type=float, default=5)
     parser.add_argument("--drain-timeout", type=float, default=300)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    parser.add_argument("--label", default="", help='a soak of its own, e.g. "60 minutes": own section and plots')
     args = parser.parse_args()
     soaks = []
     for database in ["sqlite", "postgres"] if args.database == "both" else [args.database]:
@@ -305,7 +314,7 @@ async def main() -> None:
         write_csv(soak, csv_path)
         print(f"  samples in {csv_path}", flush=True)
         if not args.no_write:
-            plot(soak, ROOT / "docs" / f"soak-{database}.png")
+            plot(soak, ROOT / "docs" / plot_name(database, args.label))
     section = report(soaks, args)
     print(section)
     if not args.no_write:
