@@ -16,6 +16,7 @@ from services.scoring.deps import ScoringContext
 from services.scoring.engine import ModelStore
 from services.scoring.maintenance import Maintenance
 from services.scoring.operations import Operations
+from services.scoring.order_cache import OrderCache
 from services.scoring.routes import customers, edits, models, reports
 from services.scoring.settings import ScoringSettings
 from services.scoring.tables import outbox, processed_events
@@ -41,10 +42,20 @@ def create_app(settings: ScoringSettings | None = None) -> FastAPI:
         clock = Clock(settings.clock)
         model_store = ModelStore(runtime.sessions)
         relays: list[OutboxRelay] = []
+        # One for the process: the consumer fills it, an erasure through the API empties an entry.
+        order_cache = OrderCache(settings.order_cache_lines)
 
         def make_handler(relay: OutboxRelay) -> Handler:
             relays.append(relay)
-            return ScoringHandler(runtime.sessions, relay, metrics, settings=settings, models=model_store, clock=clock)
+            return ScoringHandler(
+                runtime.sessions,
+                relay,
+                metrics,
+                settings=settings,
+                models=model_store,
+                clock=clock,
+                order_cache=order_cache,
+            )
 
         consumer = start_pipeline(
             runtime,
@@ -66,7 +77,9 @@ def create_app(settings: ScoringSettings | None = None) -> FastAPI:
             models=model_store,
             clock=clock,
             maintenance=maintenance,
-            operations=Operations(runtime.sessions, settings.rules(), model_store, clock, relay, maintenance),
+            operations=Operations(
+                runtime.sessions, settings.rules(), model_store, clock, relay, maintenance, order_cache
+            ),
         )
         readiness.update(runtime.readiness(), consumer=consumer.check)
         try:

@@ -22,6 +22,7 @@ from services.scoring.clock import Clock
 from services.scoring.customer_file import CustomerFile
 from services.scoring.engine import Announcement, ModelStore, commit, rescored
 from services.scoring.maintenance import Maintenance
+from services.scoring.order_cache import OrderCache
 from services.scoring.scorecard import Rules
 from services.scoring.tables import outbox
 from shared.contracts import (
@@ -62,6 +63,8 @@ class Operations:
     clock: Clock
     relay: OutboxRelay | None
     maintenance: Maintenance | None
+    order_cache: OrderCache | None = None
+    """The event consumer's, when it runs in this process: an erasure drops the customer's entry."""
 
     async def _change(self, customer_id: str, mutate: Mutation) -> CustomerFile:
         """Apply an operator change, re-score, record and announce it in one transaction."""
@@ -205,6 +208,8 @@ class Operations:
                 payload=CustomerErasedPayload(reason=reason),
             )
             await enqueue(session, outbox, Outgoing(CUSTOMERS, customer_id, to_wire(erased)))
+        if self.order_cache is not None:
+            self.order_cache.forget(customer_id)
         if self.relay is not None:
             self.relay.notify()
         if self.maintenance is not None:

@@ -29,6 +29,13 @@ class ScoringSettings(ServiceSettings):
     service_name: str = "scoring"
     port: int = 8002
     consumer_group: str = Field("huitou-scoring", description="Kafka consumer group on huitou.events")
+    order_cache_lines: int = Field(
+        100_000,
+        ge=0,
+        description="order lines the event consumer keeps between batches (about 500 bytes each: 100,000 ≈ 50 MB), "
+        "so a buyer's history is not read again with each of their events; an entry is used only while the file "
+        "still carries the version and totals it was committed with. 0: read every batch",
+    )
 
     # --- the clock -------------------------------------------------------------------------
     clock: Literal["live", "replay"] = Field(

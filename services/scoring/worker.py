@@ -42,6 +42,7 @@ from services.scoring.customer_file import (
     note_touch,
 )
 from services.scoring.engine import Announcement, FileChanges, ModelStore, derived_event_id, rescored
+from services.scoring.order_cache import OrderCache
 from services.scoring.purchases import OrderLine
 from services.scoring.repository import RefundBooking, RefundKey
 from services.scoring.scorecard import Rules
@@ -151,6 +152,7 @@ class ScoringHandler:
         settings: ScoringSettings | None = None,
         models: ModelStore | None = None,
         clock: Clock | None = None,
+        order_cache: OrderCache | None = None,
     ) -> None:
         settings = settings or ScoringSettings()
         self._sessions = sessions
@@ -159,6 +161,7 @@ class ScoringHandler:
         self._rules: Rules = settings.rules()
         self._models = models or ModelStore(sessions)
         self._clock = clock or Clock(settings.clock)
+        self.order_cache = order_cache if order_cache is not None else OrderCache(settings.order_cache_lines)
 
     async def __call__(self, event: AnyEvent, record: ConsumerRecord[bytes, bytes] | None = None) -> None:
         """Apply one event in a transaction of its own."""
@@ -168,7 +171,7 @@ class ScoringHandler:
     @asynccontextmanager
     async def transaction(self, upcoming: Sequence[AnyEvent] = ()) -> AsyncIterator[Apply]:
         """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`."""
-        batch = _Batch()
+        batch = _Batch(self.order_cache)
         async with transaction(self._sessions) as session:
             await batch.load(session, upcoming)
 
@@ -177,7 +180,9 @@ class ScoringHandler:
 
             yield apply
             await batch.write(session)
-        # Only now is the work durable: a rolled-back batch is retried, and counts nothing twice.
+        # Only now is the work durable: a rolled-back batch is retried, and counts nothing twice,
+        # and its customers' order lines are what the next batch would read back.
+        self.order_cache.keep(batch.committed_orders())
         if batch.duplicates:
             self._metrics.duplicates_skipped.labels("scoring").inc(batch.duplicates)
         if batch.changes.queued:
@@ -218,9 +223,9 @@ class _Batch:
     kept up to date as each applies (a customer's second event sees the first one's change); and
     what they write, held until the end of the block."""
 
-    def __init__(self) -> None:
+    def __init__(self, order_cache: OrderCache | None = None) -> None:
         self.duplicates = 0
-        self.books = Books()
+        self.books = Books(order_cache)
         self.changes = FileChanges()
         self._checked: set[str] = set()
         """Event ids whose claim is known: looked up, or claimed in this transaction."""
@@ -311,6 +316,15 @@ class _Batch:
             self._files[event.customer_id] = stored
             self._unsettled.add(event.customer_id)
 
+    def committed_orders(self) -> list[tuple[CustomerFile, list[OrderLine]]]:
+        """Each customer's file and order lines as this transaction left them (once committed:
+        as the database holds them)."""
+        return [
+            (file, self.books.orders(cid))
+            for cid, file in self._files.items()
+            if file is not None and self.books.has_orders(cid)
+        ]
+
     async def write(self, session: AsyncSession) -> None:
         """Everything the applied events changed, a multi-row statement per table. Claims first:
         one another replica took meanwhile fails the batch before the rest is sent."""
@@ -323,7 +337,8 @@ class Books:
     """The orders, refunds and referrals of the customers a transaction reads, as it has left
     them; what it adds is written at its end."""
 
-    def __init__(self) -> None:
+    def __init__(self, order_cache: OrderCache | None = None) -> None:
+        self._cache = order_cache
         self._orders: dict[str, list[OrderLine]] = {}
         self._new_orders: dict[tuple[str, str], dict[str, Any]] = {}
         self._refunded: dict[tuple[str, str], Decimal] = {}
@@ -351,6 +366,18 @@ class Books:
         """Read for ``events`` of newly read ``customers``: their orders, the referrals that name
         them or that referrers among them made, and the refund ids booked for them."""
         with_orders = [cid for cid in customers if (file := files[cid]) is not None and file.totals.order_count]
+        cache = self._cache
+        if cache is not None:
+            # Files just read, so their stamps are the database's: a held entry matching one is
+            # exactly what the read would return.
+            unread = []
+            for cid in with_orders:
+                held = cache.lines_of(files[cid])  # type: ignore[arg-type]  # not None: filtered above
+                if held is None:
+                    unread.append(cid)
+                else:
+                    self._orders[cid] = held
+            with_orders = unread
         if with_orders:
             self._orders.update(await repository.order_lines_for(session, with_orders))
         for cid in customers:
@@ -373,6 +400,9 @@ class Books:
 
     def orders(self, customer_id: str) -> list[OrderLine]:
         return self._orders[customer_id]
+
+    def has_orders(self, customer_id: str) -> bool:
+        return bool(self._orders.get(customer_id))
 
     def record_order(
         self, customer_id: str, event_id: str, order: PurchasePayload, at: datetime, refunded: Decimal

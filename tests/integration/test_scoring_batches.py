@@ -8,6 +8,9 @@ broker: the handler is fed as the consumer loop feeds it).
 * A claim another replica took meanwhile fails the batch; applied one by one, it is a duplicate.
 * The statements a batch costs do not grow with its events.
 * A file only touched in a batch has its engagement written alone, not the whole row.
+* A customer's orders are kept between batches (the order cache) and not read again, unless
+  something else changed them since: another replica's order or refund, a rolled-back batch,
+  an erasure.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.scoring import repository
 from services.scoring.engine import ModelStore
+from services.scoring.operations import Operations
 from services.scoring.tables import orders, outbox, processed_events, refunds, score_history
 from services.scoring.views import care_summary
 from services.scoring.worker import ScoringHandler
@@ -58,9 +62,9 @@ from tests.integration.test_scoring_pipeline import (
 T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
 
 
-async def opened(url: str) -> Stack:
+async def opened(url: str, **overrides: Any) -> Stack:
     # The relay is only notified; nothing is published, so its producer never starts.
-    return await open_stack(url, EventProducer("127.0.0.1:1"), run_relay=False)
+    return await open_stack(url, EventProducer("127.0.0.1:1"), run_relay=False, **overrides)
 
 
 @pytest.fixture
@@ -173,7 +177,9 @@ async def test_a_batch_leaves_what_one_event_per_transaction_leaves(
 ) -> None:
     events: list[AnyEvent] = [*scenario(customers=12, seed=7), *edge_cases()]
     events += events[::9]  # replays of events already applied, some in the same batch
-    alone = await opened(await second_database(database_url, tmp_path, request, "alone"))
+    # One by one and reading every customer's orders each time; the batches keep them between
+    # transactions (the order cache), which must change nothing either.
+    alone = await opened(await second_database(database_url, tmp_path, request, "alone"), order_cache_lines=0)
     batched = await opened(database_url)
     try:
         for event in events:
@@ -193,6 +199,7 @@ async def test_a_batch_leaves_what_one_event_per_transaction_leaves(
         assert len(expected) > 100
         assert await count(alone, processed_events) == await count(batched, processed_events)
         assert duplicates(alone) == duplicates(batched) > 0
+        assert batched.handler.order_cache.hits > 0 and len(alone.handler.order_cache) == 0
     finally:
         await close_stack(alone)
         await close_stack(batched)
@@ -374,3 +381,135 @@ async def test_a_file_only_touched_in_a_batch_has_its_engagement_written_alone(s
     assert (first.version, first.scores, first.totals) == (before.version, before.scores, before.totals)
     assert care_summary(second.engagement["care"]).touches == {"sent": 1}
     assert (second.version, second.totals.revenue) == (2, Decimal("25.00"))
+
+
+DAY = 24 * 60
+
+
+def orders_read(stack: Stack) -> tuple[list[str], Any]:
+    """The SELECTs of the orders table from now on, and the listener to remove."""
+    reads: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM orders" in statement:
+            reads.append(statement)
+
+    sa_event.listen(stack.engine.sync_engine, "before_cursor_execute", seen)
+    return reads, seen
+
+
+async def stored_lines(stack: Stack, customer_id: str) -> dict[str, tuple[Decimal, Decimal, str]]:
+    async with stack.sessions() as session:
+        lines = (await repository.order_lines_for(session, [customer_id]))[customer_id]
+    return {line.order_id: (line.amount, line.refunded, line.event_id) for line in lines}
+
+
+async def held_lines(
+    stack: Stack, handler: ScoringHandler, customer_id: str
+) -> dict[str, tuple[Decimal, Decimal, str]]:
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, customer_id)
+    assert file is not None
+    lines = handler.order_cache.lines_of(file)
+    assert lines is not None, "no entry for the file as stored"
+    return {line.order_id: (line.amount, line.refunded, line.event_id) for line in lines}
+
+
+async def test_a_known_customers_orders_are_not_read_again(stack: Stack) -> None:
+    await apply_batch(stack, [purchase(f"p-{i}", f"o-{i}", "10.00", minutes=i * DAY) for i in range(3)])
+    reads, listener = orders_read(stack)
+    try:
+        await apply_batch(stack, [purchase("p-3", "o-3", "12.00", minutes=3 * DAY)])
+        await apply_batch(stack, [refund("r-1", "o-1", "4.00", "rf-1", minutes=3 * DAY + 5)])
+        await apply_batch(stack, [purchase("p-1-again", "o-1", "10.00", minutes=DAY)])  # resent: nothing new
+    finally:
+        sa_event.remove(stack.engine.sync_engine, "before_cursor_execute", listener)
+    assert reads == []
+    assert stack.handler.order_cache.hits == 3
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, "c-1")
+    assert file is not None and file.scores is not None
+    assert (file.totals.order_count, file.totals.refunded, file.scores.occasion_count) == (4, Decimal("4.00"), 4)
+    assert await held_lines(stack, stack.handler, "c-1") == await stored_lines(stack, "c-1")
+
+
+async def test_another_replicas_orders_and_refunds_are_read_not_missed(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two replicas on one database, as after a rebalance: each one's cache must notice what the
+    other committed. A stack that reads every batch, fed the same events, is the reference."""
+    events = [
+        ("a", purchase("p-0", "o-0", "10.00", minutes=0)),
+        ("a", purchase("p-1", "o-1", "30.00", minutes=DAY)),
+        ("b", purchase("p-2", "o-2", "20.00", minutes=2 * DAY)),  # a's entry no longer holds
+        ("a", purchase("p-3", "o-3", "15.00", minutes=3 * DAY)),
+        ("b", refund("r-1", "o-1", "30.00", "rf-1", minutes=3 * DAY + 5)),  # same count, more refunded
+        ("a", purchase("p-4", "o-4", "5.00", minutes=4 * DAY)),
+        ("b", purchase("a-0-first", "o-0", "10.00", minutes=0)),  # o-0 resent, a lower event id
+        ("a", purchase("p-5", "o-5", "8.00", minutes=5 * DAY)),
+    ]
+    shared_db = await opened(database_url)
+    reference = await opened(await second_database(database_url, tmp_path, request, "reference"), order_cache_lines=0)
+    other = ScoringHandler(
+        shared_db.sessions,
+        shared_db.relay,
+        shared_db.metrics,
+        settings=shared_db.settings,
+        models=shared_db.models,
+        clock=shared_db.clock,
+    )
+    try:
+        for replica, event in events:
+            handler = shared_db.handler if replica == "a" else other
+            async with handler.transaction([event]) as apply:
+                await apply(event, None)
+            await reference.handler(event)
+        assert_same_files(await file_state(reference), await file_state(shared_db))
+        assert await announcements(shared_db) == await announcements(reference)
+        async with shared_db.sessions() as session:
+            file = await repository.load_file(session, "c-1")
+        assert file is not None and file.scores is not None and file.scores.occasion_count == 6
+        # a read again after b's order and after b's refund; b after a's purchases.
+        assert shared_db.handler.order_cache.misses == 2 and other.order_cache.misses == 3
+        stored = await stored_lines(shared_db, "c-1")
+        assert stored["o-1"][1] == Decimal("30.00") and stored["o-0"][2] == "a-0-first"
+        held = await held_lines(shared_db, shared_db.handler, "c-1")
+        # b's resend lowered o-0's first event id and left the file as it was, so a's entry still
+        # holds the higher one: it only lets a resend issue the guarded UPDATE that keeps the lower.
+        assert held["o-0"][2] == "p-0"
+        assert {k: v[:2] for k, v in held.items()} == {k: v[:2] for k, v in stored.items()}
+    finally:
+        await close_stack(shared_db)
+        await close_stack(reference)
+
+
+async def test_a_rolled_back_batch_leaves_the_cache_as_it_was(stack: Stack) -> None:
+    await apply_batch(stack, [purchase("p-0", "o-0", "10.00")])
+    before = await held_lines(stack, stack.handler, "c-1")
+    first, second = purchase("p-1", "o-1", "20.00", minutes=DAY), purchase("p-2", "o-2", "5.00", minutes=2 * DAY)
+    with pytest.raises(IntegrityError):
+        async with stack.handler.transaction([first, second]) as apply:
+            await apply(first, None)
+            async with stack.sessions() as other, other.begin():
+                assert await repository.claim(other, "p-2")  # taken meanwhile: the batch fails
+            await apply(second, None)
+    assert await held_lines(stack, stack.handler, "c-1") == before == await stored_lines(stack, "c-1")
+    await stack.handler(first)
+    async with stack.sessions() as session:
+        file = await repository.load_file(session, "c-1")
+    assert file is not None and file.scores is not None
+    assert (file.totals.order_count, file.scores.occasion_count) == (2, 2)
+    assert await held_lines(stack, stack.handler, "c-1") == await stored_lines(stack, "c-1")
+
+
+async def test_an_erasure_drops_the_customers_entry(stack: Stack) -> None:
+    await apply_batch(stack, [purchase("p-0", "o-0", "10.00"), purchase("p-1", "o-0", "10.00", customer="c-2")])
+    cache = stack.handler.order_cache
+    assert len(cache) == 2
+    operations = Operations(stack.sessions, stack.settings.rules(), stack.models, stack.clock, None, None, cache)
+    await operations.erase("c-1", "asked to be forgotten")
+    assert len(cache) == 1 and cache.lines == 1
+    # Bought again after the erasure: a new file, read and kept afresh.
+    await apply_batch(stack, [purchase("p-9", "o-9", "7.00", minutes=DAY)])
+    assert await held_lines(stack, stack.handler, "c-1") == await stored_lines(stack, "c-1")
+    assert list(await stored_lines(stack, "c-1")) == ["o-9"]
