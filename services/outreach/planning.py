@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -304,6 +304,10 @@ class PlanningState:
     older touches are read when a window reaches further back (a late event), so the answers
     are those of reading them all. ``attribution_reach``: the longest attribution window.
 
+    ``windowed_plans``: the plans with a dedupe window. Whole rows are then read only of the
+    touches a rule looks at — those plans' (a window compares them) and the ones a purchase can
+    still convert — and of every other touch only its key: answers again those of reading all.
+
     Customers' rows are locked as they are read (PostgreSQL), and ``flush`` looks for tombstones
     again: nothing is written for a customer an operator erased since the state read them.
     """
@@ -315,8 +319,10 @@ class PlanningState:
         exact_keys: bool = True,
         horizon: timedelta | None = None,
         attribution_reach: timedelta | None = None,
+        windowed_plans: Collection[str] | None = None,
     ) -> None:
         self.session = session
+        self._windowed_plans = None if windowed_plans is None else frozenset(windowed_plans)
         self._exact_keys = exact_keys
         self._horizon = horizon
         self._since = datetime.now(UTC) - horizon if horizon is not None else None
@@ -390,8 +396,13 @@ class PlanningState:
         since = self._since
         if since is not None and reach is not None and reach < since:
             since = reach
-        found = await repository.touches_of(self.session, missing, since=since)
-        keys = await repository.touch_keys_of(self.session, missing, before=since) if since is not None else {}
+        found = await repository.touches_of(self.session, missing, since=since, windowed_plans=self._windowed_plans)
+        if self._windowed_plans is not None:
+            keys = await repository.touch_keys_of(self.session, missing)  # rows were read of some touches only
+        elif since is not None:
+            keys = await repository.touch_keys_of(self.session, missing, before=since)
+        else:
+            keys = {}
         for customer_id in missing:
             rows = found.get(customer_id, [])
             self._touches[customer_id] = rows
@@ -412,7 +423,9 @@ class PlanningState:
             # changed here, stay as they are).
             held = self._touches[customer_id]
             known = {row["touch_id"] for row in held}
-            older = (await repository.touches_of(self.session, [customer_id])).get(customer_id, [])
+            older = (await repository.touches_of(self.session, [customer_id], windowed_plans=self._windowed_plans)).get(
+                customer_id, []
+            )
             held.extend(row for row in older if row["touch_id"] not in known)
             self._touches_since[customer_id] = None
         return self._touches[customer_id]

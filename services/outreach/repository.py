@@ -3,7 +3,7 @@ care plans and templates. Every function runs inside the caller's transaction.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -438,6 +438,18 @@ async def list_suppressions(
 # --- conversion -------------------------------------------------------------------------------
 
 
+def convertible() -> ColumnElement[bool]:
+    """Touches a purchase can still convert: sent, or suppressed in the holdout (the would-have-been
+    touches lift is measured against), and not converted yet."""
+    return and_(
+        touches.c.converted_at.is_(None),
+        or_(
+            touches.c.status == TouchStatus.SENT.value,
+            and_(touches.c.status == TouchStatus.SUPPRESSED.value, touches.c.holdout.is_(True)),
+        ),
+    )
+
+
 async def attribute_purchase(
     session: AsyncSession,
     customer_id: str,
@@ -451,18 +463,7 @@ async def attribute_purchase(
     so lift can be compared. Each touch converts once; the same order seen twice is a no-op.
     Returns the treated touches that turned converted (they are announced on huitou.touches)."""
     candidates = (
-        (
-            await session.execute(
-                select(touches).where(
-                    touches.c.customer_id == customer_id,
-                    touches.c.converted_at.is_(None),
-                    or_(
-                        touches.c.status == TouchStatus.SENT.value,
-                        and_(touches.c.status == TouchStatus.SUPPRESSED.value, touches.c.holdout.is_(True)),
-                    ),
-                )
-            )
-        )
+        (await session.execute(select(touches).where(touches.c.customer_id == customer_id, convertible())))
         .mappings()
         .all()
     )
@@ -754,39 +755,49 @@ async def consents_of(session: AsyncSession, customer_ids: Sequence[str]) -> dic
 
 
 async def touches_of(
-    session: AsyncSession, customer_ids: Sequence[str], *, since: datetime | None = None
+    session: AsyncSession,
+    customer_ids: Sequence[str],
+    *,
+    since: datetime | None = None,
+    windowed_plans: Collection[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """The touches of these customers (``HELD_TOUCH_COLUMNS``), per customer: every one, or with
     ``since`` only those due or sent since then (what a dedupe window or an attribution window
-    reaching back no further than ``since`` can see)."""
+    reaching back no further than ``since`` can see).
+
+    ``windowed_plans``: only the touches a planning rule can look at — those of these plans (the
+    ones with a dedupe window, which compares any touch of its plan) and those a purchase can
+    still convert (sent, or suppressed in the holdout, and not converted yet). The rest are
+    only keys to planning (:func:`touch_keys_of`); in a soak they were most of the rows read,
+    scheduled follow-ups of plans that dedupe by key alone."""
     held: dict[str, list[dict[str, Any]]] = {}
     if not customer_ids:
         return held
     query = select(*HELD_TOUCH_COLUMNS).where(touches.c.customer_id.in_(set(customer_ids)))
     if since is not None:
         query = query.where(or_(touches.c.due_at >= since, touches.c.sent_at >= since))
+    if windowed_plans is not None:
+        query = query.where(or_(touches.c.plan.in_(sorted(windowed_plans)), convertible()))
     for row in row_dicts(await session.execute(query)):
         held.setdefault(row["customer_id"], []).append(row)
     return held
 
 
 async def touch_keys_of(
-    session: AsyncSession, customer_ids: Sequence[str], *, before: datetime
+    session: AsyncSession, customer_ids: Sequence[str], *, before: datetime | None = None
 ) -> dict[str, list[str]]:
-    """The idempotency keys of these customers' touches that :func:`touches_of` with ``since=before``
-    leaves out — due and sent (if at all) before then — per customer: one narrow column, for a
-    key is taken forever, however old its touch. The newer touches' keys come with their rows;
-    reading them here too doubled the rows a planning batch read."""
+    """The idempotency keys of these customers' touches, per customer: one narrow column, for a
+    key is taken forever, however old its touch. With ``before``, only those :func:`touches_of`
+    with ``since=before`` (and every plan) leaves out — due and sent (if at all) before then: the
+    newer touches' keys come with their rows, and reading them here too doubled the rows a
+    planning batch read. Without, every key (the rows read were only some)."""
     held: dict[str, list[str]] = {}
     if not customer_ids:
         return held
-    rows = await session.execute(
-        select(touches.c.customer_id, touches.c.idempotency_key).where(
-            touches.c.customer_id.in_(set(customer_ids)),
-            touches.c.due_at < before,
-            or_(touches.c.sent_at.is_(None), touches.c.sent_at < before),
-        )
-    )
+    query = select(touches.c.customer_id, touches.c.idempotency_key).where(touches.c.customer_id.in_(set(customer_ids)))
+    if before is not None:
+        query = query.where(touches.c.due_at < before, or_(touches.c.sent_at.is_(None), touches.c.sent_at < before))
+    rows = await session.execute(query)
     for customer_id, key in rows.all():  # as tuples: a Row's attribute access costs ~1.5 µs a name
         held.setdefault(customer_id, []).append(key)
     return held

@@ -86,6 +86,7 @@ class OutreachHandler:
                 exact_keys=not upcoming,
                 horizon=self._horizon(catalog.book),
                 attribution_reach=self._attribution_reach(catalog.book),
+                windowed_plans={a.plan.name for a in catalog.book.plans if a.plan.dedupe.window is not None},
             )
             await state.prefetch(*_named(upcoming))
 

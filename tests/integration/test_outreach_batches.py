@@ -580,3 +580,60 @@ async def test_a_batch_costs_a_handful_of_statements_not_several_per_event(datab
     # 200 events planning hundreds of touches: per-event statements would be well over 1,000.
     assert planned > 250
     assert len(statements) < 30, "\n".join(statements)
+
+
+async def test_a_batch_reads_whole_rows_only_of_touches_a_rule_can_look_at(outreach: Outreach) -> None:
+    # Of a customer's recent touches a batch needs whole rows only where a dedupe window compares
+    # them (their plan has one) or a purchase can convert them; of the rest only the key.
+    cid = "many-touches"
+    recent = NOW - timedelta(days=2)
+    kinds = {
+        # name: (plan, status, holdout, sent, converted) and whether its row is read whole
+        "follow-up scheduled": (("post_purchase_follow_up", "scheduled", False, False, False), False),
+        "follow-up cancelled": (("post_purchase_follow_up", "cancelled", False, False, False), False),
+        "follow-up suppressed": (("post_purchase_follow_up", "suppressed", False, False, False), False),
+        "follow-up sent": (("post_purchase_follow_up", "sent", False, True, False), True),
+        "follow-up held out": (("post_purchase_follow_up", "suppressed", True, False, False), True),
+        "follow-up converted": (("post_purchase_follow_up", "converted", False, True, True), False),
+        "windowed scheduled": (("tier_upgrade_thanks", "scheduled", False, False, False), True),
+        "windowed cancelled": (("tier_upgrade_thanks", "cancelled", False, False, False), True),
+    }
+    async with transaction(outreach.sessions) as session:
+        await session.execute(
+            insert(touches),
+            [
+                {
+                    "touch_id": f"t-{n}",
+                    "customer_id": cid,
+                    "plan": plan,
+                    "channel": "email",
+                    "status": status,
+                    "due_at": recent,
+                    "idempotency_key": f"{plan}:{cid}:{n}",
+                    "cause_event_id": f"in-{n}",
+                    "created_at": recent,
+                    "updated_at": recent,
+                    "holdout": holdout,
+                    "sent_at": recent if sent else None,
+                    "converted_at": recent if converted else None,
+                }
+                for n, ((plan, status, holdout, sent, converted), _) in enumerate(kinds.values())
+            ],
+        )
+    windowed = {"tier_upgrade_thanks"}
+    async with outreach.sessions() as session:
+        rows = await repository.touches_of(session, [cid], since=NOW - timedelta(days=30), windowed_plans=windowed)
+        keys = await repository.touch_keys_of(session, [cid])
+        everything = await repository.touches_of(session, [cid], since=NOW - timedelta(days=30))
+    whole = {row["touch_id"] for row in rows[cid]}
+    expected = {f"t-{n}" for n, (_, read) in enumerate(kinds.values()) if read}
+    assert whole == expected
+    assert len(everything[cid]) == len(kinds)
+    assert sorted(keys[cid]) == sorted(row["idempotency_key"] for row in everything[cid])
+
+    # Planning over the narrowed rows: a purchase converts the sent and the held-out touches.
+    await outreach.batch([purchase(cid, "o-new", at=NOW - timedelta(days=1))])
+    converted = await outreach.rows(
+        select(touches.c.touch_id).where(touches.c.customer_id == cid, touches.c.converted_order_id == "o-new")
+    )
+    assert {row["touch_id"] for row in converted} == {"t-3", "t-4"}
