@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.scoring import repository
 from services.scoring.customer_file import CustomerFile, evolve
 from services.scoring.population import PopulationModel
-from services.scoring.purchases import OrderLine, occasions
+from services.scoring.purchases import Occasion, OrderLine, occasions
 from services.scoring.scorecard import Rules, changes, score
 from services.scoring.tables import outbox
 from shared.contracts import (
@@ -81,9 +81,12 @@ def rescored(
     model: PopulationModel | None,
     as_of: datetime,
     rules: Rules,
+    history: Sequence[Occasion] | None = None,
 ) -> tuple[CustomerFile, list[FieldChange]]:
-    """The file with fresh scores as of ``as_of``, and the tracked fields that changed."""
-    history = occasions(orders, rules.timezone, rules.tiers.basis)
+    """The file with fresh scores as of ``as_of``, and the tracked fields that changed.
+    ``history``: the occasions of ``orders`` where the caller keeps them (else regrouped here)."""
+    if history is None:
+        history = occasions(orders, rules.timezone, rules.tiers.basis)
     card = score(file.facts(history), model, as_of, rules)
     before = file.scores.tracked() if file.scores else {}
     return evolve(file, scores=card), changes(before, card)

@@ -1,4 +1,5 @@
-"""Customers' stored order lines kept between transactions, so a batch need not read them again.
+"""Customers' stored order lines kept between transactions, so a batch need not read them again,
+with their purchase occasions, so an event need not regroup them either.
 
 Scoring folds every event of a customer over all of their orders (purchase occasions, the tier's
 path through its windows, the rhythm of the gaps). Read from the database for each batch, a heavy
@@ -20,21 +21,25 @@ A batch that rolls back leaves the cache as it was, for entries are stored only 
 commit. Lines are held as tuples and handed out as fresh lists, so a batch that mutates its list
 never touches the cache.
 
-Bounded by a count of order lines (about 500 bytes each in CPython, measured with tracemalloc),
-least recently used first out.
+Bounded by a count of order lines (about 800 bytes each in CPython with their share of the
+occasions, measured with tracemalloc), least recently used first out. The occasions are in the
+process's zone and tier basis, which do not change while it runs.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 from services.scoring.customer_file import CustomerFile
-from services.scoring.purchases import OrderLine
+from services.scoring.purchases import Occasion, OrderLine
 
 Stamp = tuple[int, int, Decimal, Decimal, Decimal]
 """(version, order count, revenue, refunded, margin) of the file the lines belong to."""
+
+Held = tuple[list[OrderLine], list[Occasion]]
+"""A customer's order lines and their purchase occasions (``occasions`` of those lines)."""
 
 
 def stamp_of(file: CustomerFile) -> Stamp:
@@ -45,7 +50,7 @@ def stamp_of(file: CustomerFile) -> Stamp:
 class OrderCache:
     def __init__(self, max_lines: int) -> None:
         self.max_lines = max_lines
-        self._entries: OrderedDict[str, tuple[Stamp, tuple[OrderLine, ...]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Stamp, tuple[OrderLine, ...], tuple[Occasion, ...]]] = OrderedDict()
         self._lines = 0
         self.hits = 0
         self.misses = 0
@@ -57,28 +62,29 @@ class OrderCache:
     def lines(self) -> int:
         return self._lines
 
-    def lines_of(self, file: CustomerFile) -> list[OrderLine] | None:
-        """The customer's order lines if held for this very file (its stamp), else None."""
+    def held_for(self, file: CustomerFile) -> Held | None:
+        """The customer's order lines and occasions if held for this very file (its stamp), else None."""
         entry = self._entries.get(file.customer_id)
         if entry is None or entry[0] != stamp_of(file):
             self.misses += 1
             return None
         self._entries.move_to_end(file.customer_id)
         self.hits += 1
-        return list(entry[1])
+        return list(entry[1]), list(entry[2])
 
-    def keep(self, files: Iterable[tuple[CustomerFile, list[OrderLine]]]) -> None:
-        """Hold each file's lines, as committed with it; the least recently used go beyond the bound."""
+    def keep(self, held: Iterable[tuple[CustomerFile, list[OrderLine], Sequence[Occasion]]]) -> None:
+        """Hold each file's lines and occasions, as committed with it; the least recently used go
+        beyond the bound."""
         if self.max_lines <= 0:
             return
-        for file, lines in files:
+        for file, lines, history in held:
             self.forget(file.customer_id)
             if len(lines) > self.max_lines:
                 continue  # one customer larger than the whole cache: read each time
-            self._entries[file.customer_id] = (stamp_of(file), tuple(lines))
+            self._entries[file.customer_id] = (stamp_of(file), tuple(lines), tuple(history))
             self._lines += len(lines)
         while self._lines > self.max_lines:
-            _, (_, evicted) = self._entries.popitem(last=False)
+            _, (_, evicted, _) = self._entries.popitem(last=False)
             self._lines -= len(evicted)
 
     def forget(self, customer_id: str) -> None:

@@ -32,9 +32,10 @@ class ScoringSettings(ServiceSettings):
     order_cache_lines: int = Field(
         100_000,
         ge=0,
-        description="order lines the event consumer keeps between batches (about 500 bytes each: 100,000 ≈ 50 MB), "
-        "so a buyer's history is not read again with each of their events; an entry is used only while the file "
-        "still carries the version and totals it was committed with. 0: read every batch",
+        description="order lines the event consumer keeps between batches with their purchase occasions (about "
+        "800 bytes each: 100,000 ≈ 80 MB), so a buyer's history is neither read nor regrouped again with each of "
+        "their events; an entry is used only while the file still carries the version and totals it was committed "
+        "with. 0: read every batch",
     )
 
     # --- the clock -------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from services.scoring.customer_file import (
 )
 from services.scoring.engine import Announcement, FileChanges, ModelStore, derived_event_id, rescored
 from services.scoring.order_cache import OrderCache
-from services.scoring.purchases import OrderLine
+from services.scoring.purchases import Occasion, OccasionBook, OrderLine
 from services.scoring.repository import RefundBooking, RefundKey
 from services.scoring.scorecard import Rules
 from services.scoring.settings import ScoringSettings
@@ -171,7 +171,7 @@ class ScoringHandler:
     @asynccontextmanager
     async def transaction(self, upcoming: Sequence[AnyEvent] = ()) -> AsyncIterator[Apply]:
         """One transaction for a run of events; see :class:`shared.kafka.BatchHandler`."""
-        batch = _Batch(self.order_cache)
+        batch = _Batch(self.order_cache, self._rules)
         async with transaction(self._sessions) as session:
             await batch.load(session, upcoming)
 
@@ -206,7 +206,8 @@ class ScoringHandler:
             return
         folded = folded.seen(event.occurred_at)
         model = await self._models.current(session)
-        after, found = rescored(folded, orders, model, self._clock.for_file(folded), self._rules)
+        history = batch.books.history(event.customer_id)
+        after, found = rescored(folded, orders, model, self._clock.for_file(folded), self._rules, history)
         if current is None and _is_referral(event):
             # A new file's referrer is read again after a referral: it could name the customer themself.
             after = evolve(after, referred_by=batch.books.first_referrer(event.customer_id))
@@ -223,9 +224,9 @@ class _Batch:
     kept up to date as each applies (a customer's second event sees the first one's change); and
     what they write, held until the end of the block."""
 
-    def __init__(self, order_cache: OrderCache | None = None) -> None:
+    def __init__(self, order_cache: OrderCache | None, rules: Rules) -> None:
         self.duplicates = 0
-        self.books = Books(order_cache)
+        self.books = Books(order_cache, rules)
         self.changes = FileChanges()
         self._checked: set[str] = set()
         """Event ids whose claim is known: looked up, or claimed in this transaction."""
@@ -316,11 +317,11 @@ class _Batch:
             self._files[event.customer_id] = stored
             self._unsettled.add(event.customer_id)
 
-    def committed_orders(self) -> list[tuple[CustomerFile, list[OrderLine]]]:
-        """Each customer's file and order lines as this transaction left them (once committed:
-        as the database holds them)."""
+    def committed_orders(self) -> list[tuple[CustomerFile, list[OrderLine], list[Occasion]]]:
+        """Each customer's file, order lines and occasions as this transaction left them (once
+        committed: as the database holds them)."""
         return [
-            (file, self.books.orders(cid))
+            (file, self.books.orders(cid), self.books.history(cid))
             for cid, file in self._files.items()
             if file is not None and self.books.has_orders(cid)
         ]
@@ -337,9 +338,13 @@ class Books:
     """The orders, refunds and referrals of the customers a transaction reads, as it has left
     them; what it adds is written at its end."""
 
-    def __init__(self, order_cache: OrderCache | None = None) -> None:
+    def __init__(self, order_cache: OrderCache | None, rules: Rules) -> None:
         self._cache = order_cache
+        self._tz = rules.timezone
+        self._basis = rules.tiers.basis
         self._orders: dict[str, list[OrderLine]] = {}
+        self._occasions: dict[str, OccasionBook] = {}
+        """Built on first use from the lines (or taken from the cache), then kept up to date."""
         self._new_orders: dict[tuple[str, str], dict[str, Any]] = {}
         self._refunded: dict[tuple[str, str], Decimal] = {}
         """Refunds booked on orders stored before this transaction, by (customer, order)."""
@@ -372,11 +377,12 @@ class Books:
             # exactly what the read would return.
             unread = []
             for cid in with_orders:
-                held = cache.lines_of(files[cid])  # type: ignore[arg-type]  # not None: filtered above
+                held = cache.held_for(files[cid])  # type: ignore[arg-type]  # not None: filtered above
                 if held is None:
                     unread.append(cid)
                 else:
-                    self._orders[cid] = held
+                    self._orders[cid] = held[0]
+                    self._occasions[cid] = OccasionBook(held[1], self._tz, self._basis)
             with_orders = unread
         if with_orders:
             self._orders.update(await repository.order_lines_for(session, with_orders))
@@ -404,6 +410,13 @@ class Books:
     def has_orders(self, customer_id: str) -> bool:
         return bool(self._orders.get(customer_id))
 
+    def history(self, customer_id: str) -> list[Occasion]:
+        """The customer's purchase occasions, of :meth:`orders` as they are now."""
+        book = self._occasions.get(customer_id)
+        if book is None:
+            book = self._occasions[customer_id] = OccasionBook.of(self._orders[customer_id], self._tz, self._basis)
+        return book.history
+
     def record_order(
         self, customer_id: str, event_id: str, order: PurchasePayload, at: datetime, refunded: Decimal
     ) -> OrderLine:
@@ -411,7 +424,11 @@ class Books:
         carries refunds that arrived before it."""
         row = repository.order_row(customer_id, event_id, order, at, refunded)
         self._new_orders[customer_id, order.order_id] = row
-        return repository.order_line(row)
+        line = repository.order_line(row)
+        book = self._occasions.get(customer_id)
+        if book is not None:
+            book.add(line)
+        return line
 
     def keep_first_event_id(self, customer_id: str, order_id: str, event_id: str) -> None:
         """A resent order keeps the lowest of its event ids, so its provenance does not depend on arrival."""
@@ -437,6 +454,9 @@ class Books:
             return "unmatched"
         line = orders[index]
         orders[index] = repository.order_line({**asdict(line), "refunded": line.refunded + refund.amount})
+        book = self._occasions.get(customer_id)
+        if book is not None:
+            book.changed(orders[index], orders)
         new = self._new_orders.get((customer_id, refund.order_id))
         if new is not None:
             new["refunded"] += refund.amount

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from services.scoring import repository
 from services.scoring.engine import ModelStore
 from services.scoring.operations import Operations
+from services.scoring.purchases import occasions
 from services.scoring.tables import orders, outbox, processed_events, refunds, score_history
 from services.scoring.views import care_summary
 from services.scoring.worker import ScoringHandler
@@ -410,8 +411,11 @@ async def held_lines(
     async with stack.sessions() as session:
         file = await repository.load_file(session, customer_id)
     assert file is not None
-    lines = handler.order_cache.lines_of(file)
-    assert lines is not None, "no entry for the file as stored"
+    held = handler.order_cache.held_for(file)
+    assert held is not None, "no entry for the file as stored"
+    lines, history = held
+    rules = stack.settings.rules()
+    assert history == occasions(lines, rules.timezone, rules.tiers.basis)  # kept up to date, not stale
     return {line.order_id: (line.amount, line.refunded, line.event_id) for line in lines}
 
 
