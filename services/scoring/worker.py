@@ -182,7 +182,8 @@ class ScoringHandler:
             await batch.write(session)
         # Only now is the work durable: a rolled-back batch is retried, and counts nothing twice,
         # and its customers' order lines are what the next batch would read back.
-        self.order_cache.keep(batch.committed_orders())
+        if self.order_cache.max_lines > 0:
+            self.order_cache.keep(batch.committed_orders())
         if batch.duplicates:
             self._metrics.duplicates_skipped.labels("scoring").inc(batch.duplicates)
         if batch.changes.queued:
