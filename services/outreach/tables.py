@@ -36,10 +36,10 @@ touches = Table(
     "touches",
     metadata,
     Column("touch_id", String(64), primary_key=True),
-    Column("customer_id", String(200), nullable=False, index=True),
+    Column("customer_id", String(200), nullable=False),
     Column("plan", String(100), nullable=False),
     Column("channel", String(20)),
-    Column("status", String(20), nullable=False, index=True),
+    Column("status", String(20), nullable=False),
     Column("due_at", UTCDateTime, nullable=False, index=True),
     Column("idempotency_key", String(300), nullable=False, unique=True),
     Column("cause_event_id", String(200), nullable=False),
@@ -69,6 +69,16 @@ touches = Table(
     Column("trace_id", String(64)),
     Index("ix_touches_status_due", "status", "due_at"),
     Index("ix_touches_customer_plan", "customer_id", "plan"),
+    # A planning batch reads every key of its customers' touches: from the index alone (0004).
+    Index("ix_touches_customer_key", "customer_id", "idempotency_key"),
+    # An offer budget sums the plan's offers of the period; most touches carry none (0004).
+    Index(
+        "ix_touches_plan_offer",
+        "plan",
+        "created_at",
+        sqlite_where=text("offer_value IS NOT NULL"),
+        postgresql_where=text("offer_value IS NOT NULL"),
+    ),
 )
 
 # One row per send attempt: preparing → sending → sent | failed | unknown. A 'sending' row whose
